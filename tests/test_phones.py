@@ -141,12 +141,9 @@ def test_fast_path_agrees_with_phonenumbers(raw: str, region: str) -> None:
 
 def test_speed_of_the_common_case() -> None:
     # Runs for every recipient: 100,000 rows must take seconds, not minutes. Generous bound.
-    numbers = [f"0812{i:08d}"[:13] for i in range(2000)]
+    numbers = [f"0812-{i:04d}-{i % 97:04d}" for i in range(2000)]
     start = time.perf_counter()
     for number in numbers:
-        try:
-            normalise_phone(number)
-        except InvalidPhoneError:
-            pass
+        normalise_phone(number)
     per_call = (time.perf_counter() - start) / len(numbers)
     assert per_call < 500e-6
