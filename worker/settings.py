@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     api_key_file: Path | None = Field(
         None,
         validation_alias="WAHERO_API_KEY_FILE",
-        description="A file holding the key; re-read when it changes, so rotation needs no restart.",
+        description="A file holding the key; re-read when it changes (rotation needs no restart).",
     )
     base_url: str = Field(
         "https://api.wahero.id",
@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     retry_ambiguous: bool = Field(
         False,
         validation_alias="WAHERO_RETRY_AMBIGUOUS",
-        description="Retry outcomes that may have been sent (risks a duplicate) instead of unknown.",
+        description="Retry outcomes that may have been sent (a duplicate risk) instead of unknown.",
     )
     connect_timeout: PositiveFloat = Field(
         5.0,
@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         ge=1,
         le=1000,
         description="Messages one job claims and sends together.",
+    )
+    jobs_per_campaign: int = Field(
+        8,
+        validation_alias="WAHERO_JOBS_PER_CAMPAIGN",
+        ge=1,
+        le=256,
+        description="Job chains a running campaign keeps in the queue (its share of the workers).",
     )
     lease_seconds: int = Field(
         300,

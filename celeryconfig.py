@@ -1,0 +1,36 @@
+"""Celery configuration for wahero-bulk; every value derives from worker.settings."""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from worker.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.redis_url
+# Results are never read: outcomes live in PostgreSQL.
+task_ignore_result = True
+result_backend = None
+
+task_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+# A job is acknowledged only once its outcomes are written; a worker that dies mid-job gives
+# its job back. Redelivery is harmless: a job claims messages atomically in PostgreSQL.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+# Longer than any job can take, so Redis never hands a running job to a second worker.
+broker_transport_options = {"visibility_timeout": 3600, "queue_order_strategy": "priority"}
+broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
+
+task_default_queue = "wahero"
+task_queues = (Queue("wahero.high"), Queue("wahero"))
+worker_send_task_events = False
+task_send_sent_event = False
+worker_hijack_root_logger = False
+worker_cancel_long_running_tasks_on_connection_loss = False
