@@ -221,6 +221,11 @@ def retry(campaign_id: str, status: str) -> None:
     click.echo(f"campaign {campaign_id}: {count} {status} messages queued again")
 
 
+from worker.simulator import simulate_command  # noqa: E402
+
+main.add_command(simulate_command, "simulate")
+
+
 def run() -> None:
     """Entry point with one-line errors for configuration problems."""
     try:
