@@ -406,9 +406,11 @@ class Simulator:
     async def start(self, host: str, port: int) -> tuple[web.AppRunner, str]:
         """Start serving on the running loop; returns the runner and the bound URL."""
         self._stopping = asyncio.Event()
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, shutdown_timeout=0.5, backlog=1024)
+        site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
