@@ -370,8 +370,12 @@ class Simulator:
                     return web.json_response({"error": str(error)}, status=400)
             return web.json_response(self.config.public())
         if request.method == "POST" and name == "reset":
-            text = await request.text()
-            self.reset(config=bool(text and json.loads(text).get("config")))
+            try:
+                options = json.loads(await request.text() or "{}")
+                restore = bool(isinstance(options, dict) and options.get("config"))
+            except ValueError:
+                return web.json_response({"error": "expected a JSON object"}, status=400)
+            self.reset(config=restore)
             return web.json_response({"ok": True})
         if request.method == "POST" and name == "quota-reset":
             self.quota_start, self.quota_used = time.time(), 0
