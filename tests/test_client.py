@@ -400,6 +400,12 @@ def test_non_json_200_is_ambiguous(canned: Canned, client_for: Callable[..., Wah
         send(client_for(canned.url))
 
 
+@pytest.mark.parametrize("body", [b"[]", b'{"success": "yes"}', b'{"data": {}}', b"null"])
+def test_unreadable_2xx_json_is_ambiguous(body: bytes) -> None:
+    with pytest.raises(AmbiguousError):
+        classify_response(200, {}, body)
+
+
 @pytest.mark.parametrize(
     ("body", "kind"),
     [

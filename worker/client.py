@@ -241,7 +241,7 @@ def classify_response(
             return SendResult(
                 _message_id(data), cost, currency, status, elapsed, key_fingerprint, rate
             )
-        if not is_dict or success is None:
+        if not is_dict or success is not False:
             # A 2xx we cannot read may still have been accepted by Wahero.
             unreadable = code or "UNREADABLE_RESPONSE"
             fail(AmbiguousError, f"HTTP {status}: a body that is not Wahero's", code=unreadable)
