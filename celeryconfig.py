@@ -29,7 +29,18 @@ broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
 
 task_default_queue = "wahero"
-task_queues = (Queue("wahero.high"), Queue("wahero"))
+# Consumed in this order: the beat's tick first, then high-priority campaigns, then the rest.
+task_queues = (Queue("wahero.control"), Queue("wahero.high"), Queue("wahero"))
+task_routes = {"wahero.tick": {"queue": "wahero.control"}}
+
+# One short periodic tick (worker.sweep); a tick older than two intervals is dropped.
+beat_schedule = {
+    "wahero-tick": {
+        "task": "wahero.tick",
+        "schedule": _settings.beat_interval,
+        "options": {"expires": _settings.beat_interval * 2},
+    },
+}
 worker_send_task_events = False
 task_send_sent_event = False
 worker_hijack_root_logger = False

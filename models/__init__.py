@@ -2,6 +2,7 @@
 
 from models.attempt import Attempt
 from models.base import Base
+from models.broadcast import Broadcast, BroadcastRecipient
 from models.campaign import Campaign
 from models.dead_letter import DeadLetter
 from models.message import Message
@@ -11,6 +12,8 @@ from models.suppression import Suppression
 __all__ = [
     "Attempt",
     "Base",
+    "Broadcast",
+    "BroadcastRecipient",
     "Campaign",
     "CampaignStatus",
     "DeadLetter",

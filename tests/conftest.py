@@ -13,6 +13,8 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+pytest_plugins = ["tests.simfixture", "tests.workerproc"]
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get(
     "TEST_ADMIN_DATABASE_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres"
@@ -20,7 +22,8 @@ ADMIN_URL = os.environ.get(
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
 TEST_DB = f"wahero_test_{os.getpid()}"
-TABLES = ("attempts", "dead_letters", "messages", "campaigns", "suppressions")
+TABLES = ("attempts", "dead_letters", "messages", "campaigns", "suppressions",
+          "broadcast_recipients", "broadcasts")
 
 # The whole process (and every worker it starts) sees the test services.
 os.environ["DATABASE_URL"] = (

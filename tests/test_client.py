@@ -34,7 +34,6 @@ from worker.errors import (
 from worker.settings import ConfigError, Settings
 
 # Until tests/conftest.py lists it, load the simulator fixtures here.
-pytest_plugins = ["tests.simfixture"]
 
 INSTANCE = "0b6c3c9e-4a53-4d0e-9d59-0d2f7c2d9b1a"
 PHONE = "628123456789"

@@ -13,7 +13,6 @@ from tests.simfixture import SIM_KEY, SimControl, SimProcess
 from worker.apikey import fingerprint
 
 # Until tests/conftest.py lists it, load the simulator fixtures here.
-pytest_plugins = ["tests.simfixture"]
 
 SEND = "/api/v1/messages/send"
 BODY = {"instanceId": "inst-1", "phone": "628123456789", "message": "halo"}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -175,6 +177,25 @@ def worker(celery_args: tuple[str, ...]) -> None:
     app.worker_main(argv)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def beat(celery_args: tuple[str, ...]) -> None:
+    """Start the single scheduler: it ticks every WAHERO_BEAT_INTERVAL seconds (run one)."""
+    settings = _setup()
+    from worker.app import app
+
+    schedule = Path(tempfile.gettempdir()) / "wahero-bulk-beat-schedule"
+    argv = [
+        "beat",
+        "--schedule",
+        str(schedule),
+        "--loglevel",
+        settings.log_level.upper(),
+        *celery_args,
+    ]
+    app.start(argv)
+
+
 def _campaign_command(action: str) -> Callable[[str], None]:
     def command(campaign_id: str) -> None:
         from worker import control
@@ -219,6 +240,39 @@ def retry(campaign_id: str, status: str) -> None:
     except control.ControlError as error:
         _fail(str(error))
     click.echo(f"campaign {campaign_id}: {count} {status} messages queued again")
+
+
+@main.command()
+@click.argument("campaign_id")
+@click.option("--watch", is_flag=True, help="Refresh in place until the campaign ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def show(campaign_id: str, watch: bool, as_json: bool) -> None:
+    """One campaign: progress, counts by status, cost, timing."""
+    from worker import control
+    from worker.reports import campaign_summary
+    from worker.views import campaign_panel, print_campaign
+
+    settings = _setup()
+    try:
+        target = control.parse_campaign_id(campaign_id)
+    except control.ControlError as error:
+        _fail(str(error))
+    summary = campaign_summary(target)
+    if summary is None:
+        _fail(f"no campaign {target}")
+    if as_json:
+        click.echo(json.dumps(summary.as_dict()))
+        return
+    if not watch:
+        print_campaign(summary, settings.zone)
+        return
+    from rich.live import Live
+
+    with Live(campaign_panel(summary, settings.zone), refresh_per_second=2) as live:
+        while summary.status in ("running", "scheduled", "paused"):
+            time.sleep(1)
+            summary = campaign_summary(target) or summary
+            live.update(campaign_panel(summary, settings.zone))
 
 
 from worker.simulator import simulate_command  # noqa: E402

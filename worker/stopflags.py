@@ -8,11 +8,8 @@ one batch: the next claim checks the campaign's status in PostgreSQL.
 from __future__ import annotations
 
 import threading
-from functools import lru_cache
 
-import redis
-
-from worker.settings import get_settings
+from worker.redis_client import get_redis
 
 _TTL_SECONDS = 7 * 24 * 3600
 _local: dict[str, str] = {}
@@ -23,28 +20,18 @@ def _key(campaign_id: str) -> str:
     return f"wahero:stop:{campaign_id}"
 
 
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(
-        get_settings().redis_url,
-        socket_timeout=5,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
-
-
 def stop(campaign_id: str, reason: str) -> None:
     """Tell every worker to start no new send for this campaign."""
     with _lock:
         _local[campaign_id] = reason
-    _redis().set(_key(campaign_id), reason, ex=_TTL_SECONDS)
+    get_redis().set(_key(campaign_id), reason, ex=_TTL_SECONDS)
 
 
 def clear(campaign_id: str) -> None:
     """Let the campaign send again (after resume)."""
     with _lock:
         _local.pop(campaign_id, None)
-    _redis().delete(_key(campaign_id))
+    get_redis().delete(_key(campaign_id))
 
 
 def forget_local(campaign_id: str) -> None:
@@ -58,7 +45,7 @@ def stopped(campaign_id: str) -> str | None:
     reason = _local.get(campaign_id)
     if reason is not None:
         return reason
-    value = _redis().get(_key(campaign_id))
+    value = get_redis().get(_key(campaign_id))
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)

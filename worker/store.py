@@ -120,15 +120,17 @@ WHERE c.id = m.campaign_id AND m.id = ANY(:ids) AND m.lease_token = :token
 
 _RECORD = text("""
 UPDATE messages
-SET status = :status,
-    attempts = attempts + CASE WHEN :counts THEN 1 ELSE 0 END,
-    next_attempt_at = COALESCE(:next_attempt_at, next_attempt_at),
-    provider_message_id = COALESCE(:provider_message_id, provider_message_id),
-    cost = CASE WHEN :status = 'sent' THEN :cost ELSE cost END,
-    currency = CASE WHEN :status = 'sent' THEN :currency ELSE currency END,
-    error_code = :error_code, error_message = :error_message,
-    last_http_status = COALESCE(:http_status, last_http_status),
-    sent_at = COALESCE(:sent_at, sent_at),
+SET status = CAST(:status AS varchar),
+    attempts = attempts + CASE WHEN CAST(:counts AS boolean) THEN 1 ELSE 0 END,
+    next_attempt_at = COALESCE(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
+    provider_message_id = COALESCE(CAST(:provider_message_id AS varchar), provider_message_id),
+    cost = CASE WHEN CAST(:status AS varchar) = 'sent' THEN CAST(:cost AS numeric)
+                ELSE cost END,
+    currency = CASE WHEN CAST(:status AS varchar) = 'sent' THEN CAST(:currency AS varchar)
+                    ELSE currency END,
+    error_code = CAST(:error_code AS varchar), error_message = CAST(:error_message AS text),
+    last_http_status = COALESCE(CAST(:http_status AS smallint), last_http_status),
+    sent_at = COALESCE(CAST(:sent_at AS timestamptz), sent_at),
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
 WHERE id = :message_id AND lease_token = :token
 """)
@@ -136,9 +138,10 @@ WHERE id = :message_id AND lease_token = :token
 _ATTEMPT = text("""
 INSERT INTO attempts (message_id, number, started_at, finished_at, duration_ms, http_status,
                       outcome, error_code, error_message, key_fingerprint)
-SELECT :message_id, COALESCE(max(number), 0) + 1, :started_at, :finished_at, :duration_ms,
-       :http_status, :outcome, :error_code, :error_message, :key_fingerprint
-FROM attempts WHERE message_id = :message_id
+SELECT CAST(:message_id AS bigint), COALESCE(max(number), 0) + 1, :started_at, :finished_at,
+       :duration_ms, CAST(:http_status AS smallint), :outcome, CAST(:error_code AS varchar),
+       CAST(:error_message AS text), CAST(:key_fingerprint AS varchar)
+FROM attempts WHERE message_id = CAST(:message_id AS bigint)
 """)
 
 _DEAD_LETTER = text("""

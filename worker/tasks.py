@@ -8,9 +8,10 @@ import time
 from sqlalchemy.exc import OperationalError
 
 from models.db import get_engine
-from worker import stopflags, store
+from worker import stopflags, store, sweep
 from worker.app import app
 from worker.dispatch import MAX_COUNTDOWN_SECONDS, publish
+from worker.redis_client import get_redis
 from worker.sender import BatchResult, get_sender
 from worker.settings import get_settings
 
@@ -88,3 +89,9 @@ def follow_up(campaign_id: str) -> None:
     elif delay <= MAX_COUNTDOWN_SECONDS:
         publish(campaign_id, priority=progress.priority, countdown=delay)
     # Later retries wait in PostgreSQL (next_attempt_at) for the beat tick.
+
+
+@app.task(name="wahero.tick", ignore_result=True)
+def tick() -> None:
+    """The beat's periodic pass (see worker.sweep); a second tick at once does nothing."""
+    sweep.tick(get_engine(), get_redis(), get_settings())
