@@ -22,8 +22,15 @@ ADMIN_URL = os.environ.get(
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
 TEST_DB = f"wahero_test_{os.getpid()}"
-TABLES = ("attempts", "dead_letters", "messages", "campaigns", "suppressions",
-          "broadcast_recipients", "broadcasts")
+TABLES = (
+    "attempts",
+    "dead_letters",
+    "messages",
+    "campaigns",
+    "suppressions",
+    "broadcast_recipients",
+    "broadcasts",
+)
 
 # The whole process (and every worker it starts) sees the test services.
 os.environ["DATABASE_URL"] = (

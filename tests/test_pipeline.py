@@ -9,7 +9,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from tests.simfixture import SIM_KEY, SimProcess
@@ -29,9 +28,16 @@ def recipients(n: int, start: int = 0) -> list[dict[str, str]]:
 
 
 def worker_env(sim: SimProcess, **extra: str) -> dict[str, str]:
-    env = {"WAHERO_API_KEY": SIM_KEY, "WAHERO_BASE_URL": sim.url, "WAHERO_RATE_LIMIT": "0",
-           "WAHERO_RETRY_BASE_DELAY": "0.05", "WAHERO_RETRY_MAX_DELAY": "0.3",
-           "WAHERO_CONCURRENCY": "8", "WAHERO_BATCH_SIZE": "10", "WAHERO_JOBS_PER_CAMPAIGN": "4"}
+    env = {
+        "WAHERO_API_KEY": SIM_KEY,
+        "WAHERO_BASE_URL": sim.url,
+        "WAHERO_RATE_LIMIT": "0",
+        "WAHERO_RETRY_BASE_DELAY": "0.05",
+        "WAHERO_RETRY_MAX_DELAY": "0.3",
+        "WAHERO_CONCURRENCY": "8",
+        "WAHERO_BATCH_SIZE": "10",
+        "WAHERO_JOBS_PER_CAMPAIGN": "4",
+    }
     env.update(extra)
     return env
 
@@ -45,29 +51,37 @@ def assert_sent_matches_received(engine: sa.Engine, campaign_id: Any, sim: SimPr
     received = received_phones(sim)
     assert max(received.values(), default=1) == 1, "a recipient received a message twice"
     with engine.connect() as conn:
-        sent = {row.phone for row in conn.execute(sa.text(
-            "SELECT phone FROM messages WHERE campaign_id = :id AND status = 'sent'"),
-            {"id": campaign_id})}
+        sent = {
+            row.phone
+            for row in conn.execute(
+                sa.text("SELECT phone FROM messages WHERE campaign_id = :id AND status = 'sent'"),
+                {"id": campaign_id},
+            )
+        }
     assert sent == set(received)
 
 
 def test_happy_path_sends_each_message_once_and_records_cost(
-        db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess]) -> None:
+    db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess]
+) -> None:
     sim = sim_process(cost="350.25", currency="IDR")
     workers.start(worker_env(sim))
-    result = enqueue_campaign(instance_id=INSTANCE, message="Halo {{ name }}",
-                              recipients=recipients(120))
+    result = enqueue_campaign(
+        instance_id=INSTANCE, message="Halo {{ name }}", recipients=recipients(120)
+    )
     assert result.accepted == 120
     wait_status(db, result.campaign_id, "completed")
     assert counts(db, result.campaign_id) == {"sent": 120}
     assert_sent_matches_received(db, result.campaign_id, sim)
     with db.connect() as conn:
-        total, ids, attempts, started, finished = conn.execute(sa.text("""
+        total, ids, attempts, started, finished = conn.execute(
+            sa.text("""
             SELECT sum(m.cost), count(DISTINCT m.provider_message_id), sum(m.attempts),
                    c.started_at, c.finished_at
             FROM messages m JOIN campaigns c ON c.id = m.campaign_id
             WHERE m.campaign_id = :id GROUP BY c.started_at, c.finished_at"""),
-            {"id": result.campaign_id}).one()
+            {"id": result.campaign_id},
+        ).one()
         attempt_rows = conn.scalar(sa.text("SELECT count(*) FROM attempts"))
         fingerprints = set(conn.scalars(sa.text("SELECT DISTINCT key_fingerprint FROM attempts")))
     assert total == Decimal("350.25") * 120
@@ -79,7 +93,8 @@ def test_happy_path_sends_each_message_once_and_records_cost(
 
 
 def test_transient_errors_and_429_are_retried_until_sent_once(
-        db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess]) -> None:
+    db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess]
+) -> None:
     sim = sim_process(error_500_rate=0.25, error_503_rate=0.1, rate_limit=40, seed=3)
     workers.start(worker_env(sim, WAHERO_MAX_ATTEMPTS="30"))
     result = enqueue_campaign(instance_id=INSTANCE, message="Hi", recipients=recipients(150))
@@ -88,8 +103,9 @@ def test_transient_errors_and_429_are_retried_until_sent_once(
     assert_sent_matches_received(db, result.campaign_id, sim)
     stats = sim.stats()
     with db.connect() as conn:
-        by_outcome = dict(conn.execute(sa.text(
-            "SELECT outcome, count(*) FROM attempts GROUP BY outcome")).all())
+        by_outcome = dict(
+            conn.execute(sa.text("SELECT outcome, count(*) FROM attempts GROUP BY outcome")).all()
+        )
         counted = conn.scalar(sa.text("SELECT sum(attempts) FROM messages"))
     assert by_outcome.get("transient", 0) > 0
     assert by_outcome["sent"] == 150
@@ -99,7 +115,8 @@ def test_transient_errors_and_429_are_retried_until_sent_once(
 
 
 def test_ambiguous_timeouts_become_unknown_and_are_not_resent_until_retried(
-        db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess]) -> None:
+    db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess]
+) -> None:
     sim = sim_process(timeout_rate=0.2, timeout_after_accept_rate=0.1, hang_seconds=2, seed=5)
     workers.start(worker_env(sim, WAHERO_READ_TIMEOUT="0.5"))
     result = enqueue_campaign(instance_id=INSTANCE, message="Hi", recipients=recipients(60))
@@ -110,10 +127,10 @@ def test_ambiguous_timeouts_become_unknown_and_are_not_resent_until_retried(
     received = received_phones(sim)
     assert max(received.values()) == 1  # no unknown message was sent again by itself
     with db.connect() as conn:
-        unknown = set(conn.scalars(sa.text(
-            "SELECT phone FROM messages WHERE status = 'unknown'")))
-        codes = set(conn.scalars(sa.text(
-            "SELECT error_code FROM messages WHERE status = 'unknown'")))
+        unknown = set(conn.scalars(sa.text("SELECT phone FROM messages WHERE status = 'unknown'")))
+        codes = set(
+            conn.scalars(sa.text("SELECT error_code FROM messages WHERE status = 'unknown'"))
+        )
     assert codes and all(codes)
     accepted_then_hung = unknown & set(received)
     never_accepted = unknown - set(received)
@@ -129,8 +146,8 @@ def test_ambiguous_timeouts_become_unknown_and_are_not_resent_until_retried(
 
 
 def test_unauthorized_halts_dead_letters_and_resume_sends_everything_once(
-        db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess],
-        tmp_path: Path) -> None:
+    db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess], tmp_path: Path
+) -> None:
     new_key = "wahero_test_rotatedkey"
     sim = sim_process(keys=[SIM_KEY, new_key], revoke_after=40)
     key_file = tmp_path / "key"
@@ -142,8 +159,9 @@ def test_unauthorized_halts_dead_letters_and_resume_sends_everything_once(
     wait_status(db, result.campaign_id, "halted")
     with db.connect() as conn:
         code = conn.scalar(sa.text("SELECT halt_code FROM campaigns"))
-        letters = conn.execute(sa.text(
-            "SELECT message_id, reason_code, payload FROM dead_letters")).all()
+        letters = conn.execute(
+            sa.text("SELECT message_id, reason_code, payload FROM dead_letters")
+        ).all()
     assert code == "UNAUTHORIZED"
     assert letters and all(letter.reason_code == "UNAUTHORIZED" for letter in letters)
     assert all(set(letter.payload) == {"campaign_id", "message_id"} for letter in letters)
@@ -164,12 +182,14 @@ def test_unauthorized_halts_dead_letters_and_resume_sends_everything_once(
     assert counts(db, result.campaign_id) == {"sent": 300}
     assert_sent_matches_received(db, result.campaign_id, sim)
     with db.connect() as conn:
-        assert conn.scalar(sa.text(
-            "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL")) == 0
+        assert (
+            conn.scalar(sa.text("SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL")) == 0
+        )
 
 
 def test_forbidden_instance_halts_with_bounded_requests(
-        db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess]) -> None:
+    db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess]
+) -> None:
     sim = sim_process(forbidden_instances=[INSTANCE])
     workers.start(worker_env(sim))
     result = enqueue_campaign(instance_id=INSTANCE, message="Hi", recipients=recipients(200))
@@ -184,11 +204,12 @@ def test_forbidden_instance_halts_with_bounded_requests(
 
 
 def test_two_workers_duplicate_jobs_and_a_killed_worker_never_send_twice(
-        db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess]) -> None:
+    db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess]
+) -> None:
     from worker.dispatch import publish
+    from worker.redis_client import get_redis
     from worker.settings import get_settings
     from worker.sweep import tick
-    from worker.redis_client import get_redis
 
     sim = sim_process(latency_ms=20, jitter_ms=20)
     env = worker_env(sim, WAHERO_LEASE_SECONDS="10")
@@ -201,9 +222,14 @@ def test_two_workers_duplicate_jobs_and_a_killed_worker_never_send_twice(
     first.kill()
     workers.start(env)
     # Whatever the killed worker held stays `sending` until its lease runs out.
-    wait_for(lambda: counts(db, campaign).get("pending", 0) == 0
-             and counts(db, campaign).get("sending", 0) == 0
-             or counts(db, campaign).get("pending", 0) == 0, 120)
+    wait_for(
+        lambda: (
+            (counts(db, campaign).get("pending", 0) == 0
+            and counts(db, campaign).get("sending", 0) == 0)
+            or counts(db, campaign).get("pending", 0) == 0
+        ),
+        120,
+    )
     with db.connect() as conn:
         later = conn.scalar(sa.text("SELECT now() + interval '1 minute'"))
     tick(db, get_redis(), get_settings(), now=later)
@@ -222,8 +248,9 @@ def test_two_workers_duplicate_jobs_and_a_killed_worker_never_send_twice(
 
 
 def test_job_payloads_carry_ids_only(db: sa.Engine, redis_client: Any) -> None:
-    result = enqueue_campaign(instance_id=INSTANCE, message="Secret text {{ name }}",
-                              recipients=recipients(5))
+    result = enqueue_campaign(
+        instance_id=INSTANCE, message="Secret text {{ name }}", recipients=recipients(5)
+    )
     raw = redis_client.lrange("wahero", 0, -1)
     assert raw
     for item in raw:

@@ -119,22 +119,31 @@ def workers(tmp_path: Path, db: sa.Engine, redis_client: Any) -> Iterator[Worker
 def counts(engine: sa.Engine, campaign_id: Any) -> dict[str, int]:
     """Messages of a campaign by status."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT status, count(*) FROM messages "
-                                    "WHERE campaign_id = :id GROUP BY status"),
-                            {"id": campaign_id}).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT status, count(*) FROM messages WHERE campaign_id = :id GROUP BY status"
+            ),
+            {"id": campaign_id},
+        ).all()
     return {str(status): int(n) for status, n in rows}
 
 
 def campaign_status(engine: sa.Engine, campaign_id: Any) -> str:
     with engine.connect() as conn:
-        return str(conn.execute(sa.text("SELECT status FROM campaigns WHERE id = :id"),
-                                {"id": campaign_id}).scalar_one())
+        return str(
+            conn.execute(
+                sa.text("SELECT status FROM campaigns WHERE id = :id"), {"id": campaign_id}
+            ).scalar_one()
+        )
 
 
-def wait_status(engine: sa.Engine, campaign_id: Any, *statuses: str,
-                timeout: float = 60.0) -> str:
+def wait_status(engine: sa.Engine, campaign_id: Any, *statuses: str, timeout: float = 60.0) -> str:
     """Poll until the campaign reaches one of `statuses`; returns it."""
-    return str(wait_for(
-        lambda: (s := campaign_status(engine, campaign_id)) in statuses and s,
-        timeout, 0.1, f"campaign to become {'/'.join(statuses)} "
-                      f"(counts {counts(engine, campaign_id)})"))
+    return str(
+        wait_for(
+            lambda: (s := campaign_status(engine, campaign_id)) in statuses and s,
+            timeout,
+            0.1,
+            f"campaign to become {'/'.join(statuses)} (counts {counts(engine, campaign_id)})",
+        )
+    )

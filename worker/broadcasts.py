@@ -29,7 +29,7 @@ log = logging.getLogger("wahero_bulk.broadcasts")
 def next_occurrence(cron: str, zone: str, after: datetime) -> datetime:
     """The first occurrence of `cron` in `zone` strictly after `after` (returned in UTC)."""
     local = after.astimezone(ZoneInfo(zone))
-    return croniter(cron, local).get_next(datetime).astimezone(UTC)  # type: ignore[no-any-return]
+    return croniter(cron, local).get_next(datetime).astimezone(UTC)
 
 
 def check_schedule(cron: str, zone: str) -> None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import time
-from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
-from worker.logs import setup_logging
-from worker.settings import ConfigError, Settings, get_settings
+from worker.cli_common import fail as _fail
+from worker.cli_common import parse_at as _parse_at
+from worker.cli_common import setup as _setup
+from worker.settings import ConfigError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,35 +41,6 @@ def db_upgrade(revision: str) -> None:
         raise click.UsageError(str(error)) from None
     command.upgrade(alembic_config(url), revision)
     click.echo(f"database at {revision}", err=True)
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _setup() -> Settings:
-    try:
-        settings = get_settings()
-    except ConfigError as error:
-        _fail(str(error))
-    setup_logging(settings.log_level)
-    return settings
-
-
-def _parse_at(value: str | None, settings: Settings) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        _fail(
-            f"--at: not an ISO-8601 time: {value!r} (e.g. 2026-12-24T09:00 or "
-            "2026-12-24T09:00+07:00)"
-        )
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=settings.zone)
-    return moment
 
 
 @main.command()
@@ -196,88 +165,12 @@ def beat(celery_args: tuple[str, ...]) -> None:
     app.start(argv)
 
 
-def _campaign_command(action: str) -> Callable[[str], None]:
-    def command(campaign_id: str) -> None:
-        from worker import control
-
-        _setup()
-        try:
-            target = control.parse_campaign_id(campaign_id)
-            outcome = getattr(control, action)(target)
-        except control.ControlError as error:
-            _fail(str(error))
-        extra = f" ({outcome} messages)" if isinstance(outcome, int) else ""
-        click.echo(f"campaign {target}: {action}{'d' if action.endswith('e') else 'ed'}{extra}")
-
-    command.__name__ = action
-    command.__doc__ = {
-        "pause": "Pause a campaign until resume.",
-        "resume": "Resume a paused or halted campaign (re-queues its dead letters).",
-        "cancel": "Cancel a campaign: its pending messages are never sent.",
-    }[action]
-    return command
-
-
-for _action in ("pause", "resume", "cancel"):
-    main.command(_action)(click.argument("campaign_id")(_campaign_command(_action)))
-
-
-@main.command()
-@click.argument("campaign_id")
-@click.option(
-    "--status",
-    type=click.Choice(["failed", "unknown"]),
-    required=True,
-    help="Which messages to send again.",
-)
-def retry(campaign_id: str, status: str) -> None:
-    """Send a campaign's failed or unknown messages again, on purpose."""
-    from worker import control
-
-    _setup()
-    try:
-        count = control.retry(control.parse_campaign_id(campaign_id), status)
-    except control.ControlError as error:
-        _fail(str(error))
-    click.echo(f"campaign {campaign_id}: {count} {status} messages queued again")
-
-
-@main.command()
-@click.argument("campaign_id")
-@click.option("--watch", is_flag=True, help="Refresh in place until the campaign ends.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def show(campaign_id: str, watch: bool, as_json: bool) -> None:
-    """One campaign: progress, counts by status, cost, timing."""
-    from worker import control
-    from worker.reports import campaign_summary
-    from worker.views import campaign_panel, print_campaign
-
-    settings = _setup()
-    try:
-        target = control.parse_campaign_id(campaign_id)
-    except control.ControlError as error:
-        _fail(str(error))
-    summary = campaign_summary(target)
-    if summary is None:
-        _fail(f"no campaign {target}")
-    if as_json:
-        click.echo(json.dumps(summary.as_dict()))
-        return
-    if not watch:
-        print_campaign(summary, settings.zone)
-        return
-    from rich.live import Live
-
-    with Live(campaign_panel(summary, settings.zone), refresh_per_second=2) as live:
-        while summary.status in ("running", "scheduled", "paused"):
-            time.sleep(1)
-            summary = campaign_summary(target) or summary
-            live.update(campaign_panel(summary, settings.zone))
-
-
+from worker.cli_ops import OPS_COMMANDS  # noqa: E402
 from worker.simulator import simulate_command  # noqa: E402
 
 main.add_command(simulate_command, "simulate")
+for _command in OPS_COMMANDS:
+    main.add_command(_command)
 
 
 def run() -> None:

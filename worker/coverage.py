@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable
+from typing import cast
 
 import redis
 
@@ -42,8 +43,8 @@ def _raw_jobs(client: redis.Redis) -> Iterable[bytes]:
                 b"list",
                 "list",
             ):
-                yield from client.lrange(key, 0, -1)
-    yield from client.hvals("unacked")
+                yield from cast(list[bytes], client.lrange(key, 0, -1))
+    yield from cast(list[bytes], client.hvals("unacked"))
 
 
 def covered_campaigns(client: redis.Redis) -> set[str]:

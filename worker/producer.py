@@ -185,14 +185,14 @@ def _existing(conn: Connection, key: str) -> EnqueueResult | None:
     ).first()
     if row is None:
         return None
-    counts = dict(
-        conn.execute(
-            text("""
-        SELECT skip_reason, count(*) FROM messages WHERE campaign_id = :id GROUP BY skip_reason
-    """),
+    counts: dict[str | None, int] = {
+        r.skip_reason: int(r.n)
+        for r in conn.execute(
+            text("""SELECT skip_reason, count(*) AS n FROM messages
+                    WHERE campaign_id = :id GROUP BY skip_reason"""),
             {"id": row.id},
-        ).all()
-    )
+        )
+    }
     accepted = counts.pop(None, 0)
     return EnqueueResult(
         row.id,

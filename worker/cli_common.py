@@ -1,0 +1,41 @@
+"""Shared pieces of the command line: one-line errors, settings and logging, time parsing."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import NoReturn
+
+import click
+
+from worker.logs import setup_logging
+from worker.settings import ConfigError, Settings, get_settings
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def setup() -> Settings:
+    try:
+        settings = get_settings()
+    except ConfigError as error:
+        fail(str(error))
+    setup_logging(settings.log_level)
+    return settings
+
+
+def parse_at(value: str | None, settings: Settings) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        fail(
+            f"--at: not an ISO-8601 time: {value!r} (e.g. 2026-12-24T09:00 or "
+            "2026-12-24T09:00+07:00)"
+        )
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=settings.zone)
+    return moment
