@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from worker.settings import get_settings
 
@@ -30,7 +30,12 @@ broker_connection_max_retries = None
 
 task_default_queue = "wahero"
 # Consumed in this order: the beat's tick first, then high-priority campaigns, then the rest.
-task_queues = (Queue("wahero.control"), Queue("wahero.high"), Queue("wahero"))
+task_queues = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in ("wahero.control", "wahero.high", "wahero")
+)
+task_default_exchange = "wahero"
+task_default_routing_key = "wahero"
 task_routes = {"wahero.tick": {"queue": "wahero.control"}}
 
 # One short periodic tick (worker.sweep); a tick older than two intervals is dropped.

@@ -136,7 +136,7 @@ def worker(celery_args: tuple[str, ...]) -> None:
         "--concurrency",
         concurrency,
         "--queues",
-        "wahero.high,wahero",
+        "wahero.control,wahero.high,wahero",
         "--loglevel",
         settings.log_level.upper(),
         "--without-gossip",
@@ -165,10 +165,14 @@ def beat(celery_args: tuple[str, ...]) -> None:
     app.start(argv)
 
 
+from worker.cli_broadcasts import broadcasts  # noqa: E402
 from worker.cli_ops import OPS_COMMANDS  # noqa: E402
+from worker.health import health_command  # noqa: E402
 from worker.simulator import simulate_command  # noqa: E402
 
 main.add_command(simulate_command, "simulate")
+main.add_command(health_command, "health")
+main.add_command(broadcasts)
 for _command in OPS_COMMANDS:
     main.add_command(_command)
 
