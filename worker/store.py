@@ -72,7 +72,10 @@ WITH c AS (
     WHERE id = :campaign_id AND status = 'running'
     FOR SHARE
 ), picked AS (
-    SELECT m.id FROM messages m
+    -- The suppression check runs per picked row (a primary-key probe), so a number opted out
+    -- while the campaign runs is skipped here, at no cost proportional to either table.
+    SELECT m.id, EXISTS (SELECT 1 FROM suppressions s WHERE s.phone = m.phone) AS suppressed
+    FROM messages m
     WHERE m.campaign_id = :campaign_id AND m.status = 'pending'
       AND m.next_attempt_at <= now() AND EXISTS (SELECT 1 FROM c)
     ORDER BY m.next_attempt_at, m.id
@@ -80,16 +83,24 @@ WITH c AS (
     FOR UPDATE OF m SKIP LOCKED
 )
 UPDATE messages m
-SET status = 'sending', lease_owner = :owner, lease_token = :token,
-    lease_expires_at = now() + make_interval(secs => :lease), updated_at = now()
+SET status = CASE WHEN picked.suppressed THEN 'skipped' ELSE 'sending' END,
+    skip_reason = CASE WHEN picked.suppressed THEN 'suppressed' ELSE m.skip_reason END,
+    lease_owner = CASE WHEN picked.suppressed THEN NULL ELSE CAST(:owner AS varchar) END,
+    lease_token = CASE WHEN picked.suppressed THEN NULL ELSE CAST(:token AS uuid) END,
+    lease_expires_at = CASE WHEN picked.suppressed THEN NULL
+                            ELSE now() + make_interval(secs => :lease) END,
+    updated_at = now()
 FROM picked, c
 WHERE m.id = picked.id
-RETURNING m.id, m.phone, m.body, m.attempts, c.instance_id
+RETURNING m.id, m.phone, m.body, m.attempts, c.instance_id, picked.suppressed
 """)
 
 
 def claim(engine: Engine, campaign_id: str, limit: int, owner: str, lease_seconds: float) -> Claim:
-    """Atomically take up to `limit` due pending messages of a running campaign."""
+    """Atomically take up to `limit` due pending messages of a running campaign.
+
+    Suppressed numbers among them become `skipped` (reason `suppressed`) instead of claimed.
+    """
     token = uuid.uuid4()
     with engine.begin() as conn:
         rows = conn.execute(
@@ -104,7 +115,8 @@ def claim(engine: Engine, campaign_id: str, limit: int, owner: str, lease_second
         ).all()
     instance_id = rows[0].instance_id if rows else ""
     messages = sorted(
-        (Claimed(r.id, r.phone, r.body, r.attempts) for r in rows), key=lambda m: m.id
+        (Claimed(r.id, r.phone, r.body, r.attempts) for r in rows if not r.suppressed),
+        key=lambda m: m.id,
     )
     return Claim(campaign_id, instance_id, token, messages)
 
