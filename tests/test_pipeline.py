@@ -224,8 +224,10 @@ def test_two_workers_duplicate_jobs_and_a_killed_worker_never_send_twice(
     # Whatever the killed worker held stays `sending` until its lease runs out.
     wait_for(
         lambda: (
-            (counts(db, campaign).get("pending", 0) == 0
-            and counts(db, campaign).get("sending", 0) == 0)
+            (
+                counts(db, campaign).get("pending", 0) == 0
+                and counts(db, campaign).get("sending", 0) == 0
+            )
             or counts(db, campaign).get("pending", 0) == 0
         ),
         120,

@@ -39,10 +39,12 @@ def run_tick(engine: sa.Engine, now: datetime | None = None) -> Any:
 
 
 def test_a_scheduled_campaign_publishes_nothing_until_its_time(
-        db: sa.Engine, redis_client: redis.Redis) -> None:
+    db: sa.Engine, redis_client: redis.Redis
+) -> None:
     at = db_now(db) + timedelta(hours=2)
-    result = enqueue_campaign(instance_id=INSTANCE, message="Hi", recipients=recipients(5),
-                              scheduled_at=at)
+    result = enqueue_campaign(
+        instance_id=INSTANCE, message="Hi", recipients=recipients(5), scheduled_at=at
+    )
     assert result.status == "scheduled"
     assert covered_campaigns(redis_client) == set()
     assert run_tick(db, now=at - timedelta(seconds=1)).started == []
@@ -51,35 +53,66 @@ def test_a_scheduled_campaign_publishes_nothing_until_its_time(
     assert report.started == [str(result.campaign_id)]
     assert covered_campaigns(redis_client) == {str(result.campaign_id)}
     with db.connect() as conn:
-        status, started = conn.execute(sa.text(
-            "SELECT status, started_at FROM campaigns")).one()
+        status, started = conn.execute(sa.text("SELECT status, started_at FROM campaigns")).one()
     assert status == "running" and started is not None
     # A second tick at the same moment starts nothing again.
     assert run_tick(db, now=at + timedelta(seconds=2)).started == []
 
 
 def test_enqueue_at_reads_naive_times_in_the_local_zone(
-        db: sa.Engine, redis_client: redis.Redis, tmp_path: Path) -> None:
+    db: sa.Engine, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     csv_path = tmp_path / "r.csv"
     csv_path.write_text("phone\n081234567890\n")
     runner = CliRunner()
-    result = runner.invoke(main, ["enqueue", "--instance", INSTANCE, "--csv", str(csv_path),
-                                  "--message", "Hi", "--at", "2030-01-06T09:00", "--json"])
+    result = runner.invoke(
+        main,
+        [
+            "enqueue",
+            "--instance",
+            INSTANCE,
+            "--csv",
+            str(csv_path),
+            "--message",
+            "Hi",
+            "--at",
+            "2030-01-06T09:00",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with db.connect() as conn:
         at = conn.execute(sa.text("SELECT scheduled_at FROM campaigns")).scalar_one()
     assert at == datetime(2030, 1, 6, 9, 0, tzinfo=ZoneInfo("Asia/Jakarta"))
     assert at.astimezone(UTC).hour == 2
-    bad = runner.invoke(main, ["enqueue", "--instance", INSTANCE, "--csv", str(csv_path),
-                               "--message", "Hi", "--at", "next tuesday"])
+    bad = runner.invoke(
+        main,
+        [
+            "enqueue",
+            "--instance",
+            INSTANCE,
+            "--csv",
+            str(csv_path),
+            "--message",
+            "Hi",
+            "--at",
+            "next tuesday",
+        ],
+    )
     assert bad.exit_code == 2
     assert "--at" in bad.output
 
 
 def _broadcast(db: sa.Engine, now: datetime) -> uuid.UUID:
     return create_broadcast(
-        name="weekly", instance_id=INSTANCE, message="Halo {{ name }}", cron="0 9 * * MON",
-        zone="Asia/Jakarta", recipients=iter_recipients(recipients(4)), now=now)
+        name="weekly",
+        instance_id=INSTANCE,
+        message="Halo {{ name }}",
+        cron="0 9 * * MON",
+        zone="Asia/Jakarta",
+        recipients=iter_recipients(recipients(4)),
+        now=now,
+    )
 
 
 def test_cron_occurrences_follow_their_zone() -> None:
@@ -89,7 +122,8 @@ def test_cron_occurrences_follow_their_zone() -> None:
 
 
 def test_a_recurring_occurrence_is_created_once_across_restarts(
-        db: sa.Engine, redis_client: redis.Redis) -> None:
+    db: sa.Engine, redis_client: redis.Redis
+) -> None:
     now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
     broadcast_id = _broadcast(db, now)
     occurrence = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
@@ -102,8 +136,7 @@ def test_a_recurring_occurrence_is_created_once_across_restarts(
     again = run_due_occurrences(db, occurrence + timedelta(seconds=5))
     assert again == first
     with db.connect() as conn:
-        campaigns = conn.execute(sa.text(
-            "SELECT id, status, idempotency_key FROM campaigns")).all()
+        campaigns = conn.execute(sa.text("SELECT id, status, idempotency_key FROM campaigns")).all()
         next_run = conn.scalar(sa.text("SELECT next_run_at FROM broadcasts"))
     assert len(campaigns) == 1
     assert campaigns[0].idempotency_key == f"broadcast:{broadcast_id}:{occurrence.isoformat()}"
@@ -113,7 +146,8 @@ def test_a_recurring_occurrence_is_created_once_across_restarts(
 
 
 def test_two_ticks_racing_create_one_campaign_per_occurrence(
-        db: sa.Engine, redis_client: redis.Redis) -> None:
+    db: sa.Engine, redis_client: redis.Redis
+) -> None:
     now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
     _broadcast(db, now)
     due = datetime(2026, 12, 7, 2, 0, 30, tzinfo=UTC)
@@ -145,43 +179,60 @@ def test_only_one_tick_works_at_a_time(db: sa.Engine, redis_client: redis.Redis)
 
 
 def test_expired_leases_become_unknown_never_stuck_sending(
-        db: sa.Engine, redis_client: redis.Redis) -> None:
+    db: sa.Engine, redis_client: redis.Redis
+) -> None:
     result = enqueue_campaign(instance_id=INSTANCE, message="Hi", recipients=recipients(6))
     redis_client.flushdb()
     with db.begin() as conn:
-        conn.execute(sa.text("""UPDATE messages SET status = 'sending', lease_owner = 'dead:1',
+        conn.execute(
+            sa.text("""UPDATE messages SET status = 'sending', lease_owner = 'dead:1',
                                 lease_token = gen_random_uuid(),
                                 lease_expires_at = now() - interval '1 second'
-                                WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT 4)"""))
-        conn.execute(sa.text("""UPDATE messages SET status = 'sending', lease_owner = 'alive:1',
+                                WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT 4)""")
+        )
+        conn.execute(
+            sa.text("""UPDATE messages SET status = 'sending', lease_owner = 'alive:1',
                                 lease_expires_at = now() + interval '5 minutes'
                                 WHERE status = 'pending' AND id = (SELECT max(id) FROM messages)
-                                """))
+                                """)
+        )
     report = run_tick(db)
     assert report.expired_leases == 4
     by_status = counts(db, result.campaign_id)
     assert by_status == {"unknown": 4, "sending": 1, "pending": 1}
     with db.connect() as conn:
-        codes = set(conn.scalars(sa.text(
-            "SELECT error_code FROM messages WHERE status = 'unknown'")))
+        codes = set(
+            conn.scalars(sa.text("SELECT error_code FROM messages WHERE status = 'unknown'"))
+        )
     assert codes == {"LEASE_EXPIRED"}
 
 
 def test_paused_and_halted_campaigns_are_left_alone_quota_pauses_resume(
-        db: sa.Engine, redis_client: redis.Redis) -> None:
+    db: sa.Engine, redis_client: redis.Redis
+) -> None:
     paused = enqueue_campaign(instance_id=INSTANCE, message="Hi", recipients=recipients(2))
-    halted = enqueue_campaign(instance_id=INSTANCE, message="Hi",
-                              recipients=recipients(2, start=100))
-    quota = enqueue_campaign(instance_id=INSTANCE, message="Hi",
-                             recipients=recipients(2, start=200))
+    halted = enqueue_campaign(
+        instance_id=INSTANCE, message="Hi", recipients=recipients(2, start=100)
+    )
+    quota = enqueue_campaign(
+        instance_id=INSTANCE, message="Hi", recipients=recipients(2, start=200)
+    )
     control.pause(paused.campaign_id)
     now = db_now(db)
     with db.begin() as conn:
-        conn.execute(sa.text("UPDATE campaigns SET status = 'halted', halt_code = 'UNAUTHORIZED' "
-                             "WHERE id = :id"), {"id": halted.campaign_id})
-        conn.execute(sa.text("UPDATE campaigns SET status = 'paused', halt_code = 'QUOTA_EXCEEDED',"
-                             " paused_until = :until WHERE id = :id"),
-                     {"id": quota.campaign_id, "until": now + timedelta(minutes=10)})
+        conn.execute(
+            sa.text(
+                "UPDATE campaigns SET status = 'halted', halt_code = 'UNAUTHORIZED' WHERE id = :id"
+            ),
+            {"id": halted.campaign_id},
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE campaigns SET status = 'paused', halt_code = 'QUOTA_EXCEEDED',"
+                " paused_until = :until WHERE id = :id"
+            ),
+            {"id": quota.campaign_id, "until": now + timedelta(minutes=10)},
+        )
     redis_client.flushdb()
     report = run_tick(db, now=now + timedelta(minutes=5))
     assert report.resumed == [] and report.republished == []
@@ -196,13 +247,16 @@ def test_paused_and_halted_campaigns_are_left_alone_quota_pauses_resume(
 
 
 def test_long_retry_delays_wait_in_postgres_not_in_redis(
-        db: sa.Engine, redis_client: redis.Redis) -> None:
+    db: sa.Engine, redis_client: redis.Redis
+) -> None:
     result = enqueue_campaign(instance_id=INSTANCE, message="Hi", recipients=recipients(3))
     redis_client.flushdb()
     now = db_now(db)
     with db.begin() as conn:
-        conn.execute(sa.text("UPDATE messages SET next_attempt_at = :at"),
-                     {"at": now + timedelta(minutes=30)})
+        conn.execute(
+            sa.text("UPDATE messages SET next_attempt_at = :at"),
+            {"at": now + timedelta(minutes=30)},
+        )
     from worker.tasks import follow_up
 
     follow_up(str(result.campaign_id))
@@ -215,8 +269,11 @@ def test_long_retry_delays_wait_in_postgres_not_in_redis(
 
 
 def test_a_redis_wipe_mid_campaign_loses_and_duplicates_nothing(
-        db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess],
-        redis_client: redis.Redis) -> None:
+    db: sa.Engine,
+    workers: Workers,
+    sim_process: Callable[..., SimProcess],
+    redis_client: redis.Redis,
+) -> None:
     sim = sim_process(latency_ms=10, jitter_ms=10)
     workers.start(worker_env(sim))
     result = enqueue_campaign(instance_id=INSTANCE, message="Hi", recipients=recipients(400))
@@ -237,8 +294,8 @@ def wait_for_idle_or_done(db: sa.Engine, campaign_id: Any) -> bool:
 
 @pytest.mark.slow
 def test_beat_starts_a_scheduled_campaign_by_itself(
-        db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess],
-        tmp_path: Path) -> None:
+    db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess], tmp_path: Path
+) -> None:
     import os
     import subprocess
 
@@ -248,12 +305,17 @@ def test_beat_starts_a_scheduled_campaign_by_itself(
     env = worker_env(sim, WAHERO_BEAT_INTERVAL="0.5")
     workers.start(env)
     at = db_now(db) + timedelta(seconds=3)
-    result = enqueue_campaign(instance_id=INSTANCE, message="Hi", recipients=recipients(20),
-                              scheduled_at=at)
+    result = enqueue_campaign(
+        instance_id=INSTANCE, message="Hi", recipients=recipients(20), scheduled_at=at
+    )
     log = (tmp_path / "beat.log").open("wb")
-    beat = subprocess.Popen([WAHERO_BULK, "beat", "--schedule", str(tmp_path / "schedule")],
-                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    beat = subprocess.Popen(
+        [WAHERO_BULK, "beat", "--schedule", str(tmp_path / "schedule")],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_status(db, result.campaign_id, "completed", timeout=60)
     finally:
