@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from worker.cli_common import fail as _fail
+from worker.cli_common import message_and_csv
 from worker.cli_common import parse_at as _parse_at
 from worker.cli_common import setup as _setup
 from worker.settings import ConfigError
@@ -86,16 +87,7 @@ def enqueue(
     from worker.producer import enqueue_csv
 
     settings = _setup()
-    if (message is None) == (template_path is None):
-        _fail("give exactly one of --message TEXT or --template FILE")
-    if template_path is not None:
-        try:
-            message = Path(template_path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            _fail(f"{template_path}: cannot read the template: {error}")
-    assert message is not None
-    if not Path(csv_path).is_file():
-        _fail(f"{csv_path}: no such file")
+    message = message_and_csv(message, template_path, csv_path)
     scheduled_at = _parse_at(at, settings)
     try:
         result = enqueue_csv(

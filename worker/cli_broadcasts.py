@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from worker.cli_common import fail, setup
+from worker.cli_common import fail, message_and_csv, setup
 from worker.control import ControlError, parse_campaign_id
 from worker.inputerrors import InputError
 
@@ -58,16 +58,7 @@ def create(
     from worker.csvinput import read_recipients
 
     settings = setup()
-    if (message is None) == (template_path is None):
-        fail("give exactly one of --message TEXT or --template FILE")
-    if template_path is not None:
-        try:
-            message = Path(template_path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            fail(f"{template_path}: cannot read the template: {error}")
-    assert message is not None
-    if not Path(csv_path).is_file():
-        fail(f"{csv_path}: no such file")
+    message = message_and_csv(message, template_path, csv_path)
     try:
         broadcast_id = create_broadcast(
             name=name,

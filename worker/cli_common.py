@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -39,3 +40,18 @@ def parse_at(value: str | None, settings: Settings) -> datetime | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=settings.zone)
     return moment
+
+
+def message_and_csv(message: str | None, template_path: str | None, csv_path: str) -> str:
+    """The template from --message or --template (exactly one), once the CSV is known to exist."""
+    if (message is None) == (template_path is None):
+        fail("give exactly one of --message TEXT or --template FILE")
+    if template_path is not None:
+        try:
+            message = Path(template_path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            fail(f"{template_path}: cannot read the template: {error}")
+    assert message is not None
+    if not Path(csv_path).is_file():
+        fail(f"{csv_path}: no such file")
+    return message
