@@ -1,7 +1,9 @@
 """Sends one claim's messages concurrently and turns each answer into an Outcome.
 
-One process-wide thread pool keeps up to WAHERO_CONCURRENCY requests in flight; every send first
-checks the campaign's stop flag, so once a halt is recorded no new request starts for it.
+One process-wide thread pool keeps up to WAHERO_CONCURRENCY requests in flight. Messages go out
+at the slots the shared limiter granted (worker/limiter.py); every send first checks the
+campaign's stop flag and the key's shared block, so once a halt or a 429 is known no new request
+starts. Each answer's rate-limit headers and 429s are fed back into the limiter at once.
 """
 
 from __future__ import annotations
@@ -10,13 +12,24 @@ import logging
 import os
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from redis import RedisError
+
 from worker import stopflags
 from worker.client import SendResult, WaheroClient
-from worker.errors import ForbiddenError, QuotaExceededError, SendError, UnauthorizedError
+from worker.errors import (
+    ForbiddenError,
+    QuotaExceededError,
+    RateLimitedError,
+    SendError,
+    UnauthorizedError,
+)
+from worker.limiter import Grant, LimiterUnavailable, get_limiter, quota_reset
 from worker.policy import campaign_effect, decide
 from worker.settings import Settings
 from worker.store import CampaignChange, Claim, Claimed, Outcome
@@ -31,6 +44,8 @@ class _Sent:
     finished_at: datetime
     result: SendResult | None = None
     error: SendError | None = None
+    # Set when a successful answer said the daily quota is now spent: pause until then.
+    quota_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -52,18 +67,36 @@ class Sender:
             max_workers=settings.concurrency, thread_name_prefix="wahero-send"
         )
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.limiter = get_limiter(settings)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         self.client.close()
 
-    def send_claim(self, claim: Claim) -> BatchResult:
-        """Send every claimed message (skipping those after a stop) and decide their outcomes."""
-        futures = [self.pool.submit(self._send_one, claim, message) for message in claim.messages]
+    def acquire(self, want: int, max_wait: float) -> Grant:
+        """Slots for up to `want` sends from the shared limiter (count 0 if none within max_wait).
+
+        Raises LimiterUnavailable when Redis cannot be reached: then nothing may be sent.
+        """
+        return self.limiter.acquire_blocking(self.client.key_fingerprint, want, max_wait)
+
+    def send_claim(self, claim: Claim, grant: Grant | None = None) -> BatchResult:
+        """Send every claimed message at its slot (skipping those after a stop); decide outcomes."""
+        futures: list[Future[_Sent | int]] = []
+        offsets = grant.offsets() if grant is not None else []
+        origin = grant.at if grant is not None else time.monotonic()
+        fp = grant.fingerprint if grant is not None else self.client.key_fingerprint
+        for index, message in enumerate(claim.messages):
+            # The job's own thread paces the pool, so no pool thread sleeps and slots keep order.
+            delay = origin + (offsets[index] if index < len(offsets) else 0.0) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(self.pool.submit(self._send_one, claim, message, fp))
         done = [future.result() for future in futures]
         outcomes: list[Outcome] = []
         released: list[int] = []
         change: CampaignChange | None = None
+        quota_until: datetime | None = None
         for item in done:
             if isinstance(item, int):
                 released.append(item)
@@ -72,11 +105,30 @@ class Sender:
             outcomes.append(outcome)
             if item.error is not None and change is None:
                 change = _campaign_change(item.error)
+            if item.quota_until is not None:
+                quota_until = max(quota_until or item.quota_until, item.quota_until)
+        if change is None and quota_until is not None:
+            why = "the daily quota is spent (X-RateLimit-Remaining: 0)"
+            change = CampaignChange("pause", "QUOTA_EXCEEDED", why, quota_until)
         return BatchResult(outcomes, released, change)
 
-    def _send_one(self, claim: Claim, message: Claimed) -> _Sent | int:
-        reason = stopflags.stopped(claim.campaign_id)
-        if reason is not None:
+    def _may_send(self, claim: Claim, fp: str) -> bool:
+        """Whether the campaign is not stopped and the key is not blocked; unsure means no."""
+        try:
+            if stopflags.stopped(claim.campaign_id) is not None:
+                return False
+            return self.limiter.blocked_for(fp) <= 0
+        except (LimiterUnavailable, RedisError) as error:
+            # Without Redis there is no shared limit: never send unlimited.
+            log.warning(
+                "redis unreachable before a send campaign=%s error=%s; not sending",
+                claim.campaign_id,
+                type(error).__name__,
+            )
+            return False
+
+    def _send_one(self, claim: Claim, message: Claimed, fp: str) -> _Sent | int:
+        if not self._may_send(claim, fp):
             return message.id
         started = datetime.now(UTC)
         try:
@@ -86,6 +138,10 @@ class Sender:
             if isinstance(error, UnauthorizedError | ForbiddenError | QuotaExceededError):
                 # Stop every worker before the halt is even written: no request on a dead key.
                 stopflags.stop(claim.campaign_id, error.code or error.outcome)
+            if isinstance(error, RateLimitedError):
+                # Every worker waits it out, not only this one.
+                wait = error.retry_after
+                self._feedback(lambda: self.limiter.block(fp, wait, "429"))
             log.info(
                 "send failed campaign=%s message=%s outcome=%s code=%s http=%s",
                 claim.campaign_id,
@@ -102,7 +158,20 @@ class Sender:
             message.id,
             result.provider_message_id,
         )
-        return _Sent(message, started, finished, result=result)
+        self._feedback(lambda: self.limiter.observe(fp, result.rate_limit, finished))
+        quota_until = quota_reset(result.rate_limit, finished)
+        if quota_until is not None:
+            # This send went through, but the next would be refused: stop the rest of the batch.
+            stopflags.stop(claim.campaign_id, "QUOTA_EXCEEDED")
+        return _Sent(message, started, finished, result=result, quota_until=quota_until)
+
+    @staticmethod
+    def _feedback(call: Callable[[], object]) -> None:
+        # Losing one answer's feedback only costs a few 429s; the outcome must still be recorded.
+        try:
+            call()
+        except LimiterUnavailable as error:
+            log.warning("rate limiter feedback lost: %s", error)
 
     def _decide(self, item: _Sent) -> Outcome:
         s = self.settings
