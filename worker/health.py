@@ -1,0 +1,172 @@
+"""Health and readiness checks for Docker and Kubernetes: `wahero-bulk health [--worker]`.
+
+Each check opens its own short-lived connection with a timeout, so a probe never hangs on a
+pool or a broker retry loop, and reports one line; errors are cut to their first line so a
+probe's output never carries a connection string.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import click
+
+from worker.settings import ConfigError, Settings
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check: its name, whether it passed, a short detail, and how long it took."""
+
+    name: str
+    ok: bool
+    detail: str
+    ms: int
+
+
+def _first_line(error: BaseException) -> str:
+    # SQLAlchemy wraps the driver error; the driver's own first line is the useful part.
+    cause = getattr(error, "orig", None) or error
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else 'no detail'}"
+
+
+def _timed(name: str, check: Callable[[], str]) -> CheckResult:
+    started = time.monotonic()
+    try:
+        detail, ok = check(), True
+    except Exception as error:  # a probe reports every failure as a line, never a traceback
+        detail, ok = _first_line(error), False
+    return CheckResult(name, ok, detail, round((time.monotonic() - started) * 1000))
+
+
+def check_postgres(settings: Settings, timeout: float) -> str:
+    """SELECT 1, then the schema must be at the Alembic head this code expects."""
+    import sqlalchemy as sa
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from migrations import alembic_config
+
+    engine = sa.create_engine(
+        settings.database_url,
+        poolclass=sa.pool.NullPool,
+        connect_args={
+            "connect_timeout": max(1, round(timeout)),
+            "application_name": "wahero-bulk-health",
+            "options": f"-c statement_timeout={round(timeout * 1000)}",
+        },
+    )
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+            current = set(MigrationContext.configure(conn).get_current_heads())
+    finally:
+        engine.dispose()
+    expected = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    if current != expected:
+        have = ", ".join(sorted(current)) or "none"
+        raise RuntimeError(
+            f"schema at {have}, code expects {', '.join(sorted(expected))}: "
+            "run `wahero-bulk db upgrade`"
+        )
+    return f"SELECT 1 ok, schema at head {', '.join(sorted(expected))}"
+
+
+def check_redis(settings: Settings, timeout: float) -> str:
+    """PING the broker."""
+    import redis
+
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    try:
+        if not client.ping():
+            raise RuntimeError("PING got no PONG")
+    finally:
+        client.close()
+    return "PING ok"
+
+
+def default_node() -> str:
+    """The Celery node name `wahero-bulk worker` takes on this host by default."""
+    return f"celery@{socket.gethostname()}"
+
+
+def check_worker(node: str, timeout: float) -> str:
+    """The named Celery worker answers a ping through the broker."""
+    from worker.app import app
+
+    with app.connection_for_write() as conn:
+        # One try: a probe must fail fast when the broker is away, not retry forever.
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+        replies = app.control.ping(destination=[node], timeout=timeout, connection=conn)
+    for reply in replies or []:
+        if reply.get(node, {}).get("ok") == "pong":
+            return f"{node} answered ping"
+    raise RuntimeError(f"{node} did not answer a ping within {timeout:g}s")
+
+
+def check_api_key(settings: Settings) -> str:
+    """The key the worker would send with is readable (a rotated key file is not empty)."""
+    from worker.apikey import ApiKeySource
+
+    return f"configured, fingerprint {ApiKeySource.from_settings(settings).fingerprint()}"
+
+
+def run_checks(
+    settings: Settings, worker: bool = False, node: str | None = None, timeout: float = 5.0
+) -> list[CheckResult]:
+    """Every check in order; the worker checks only with `worker=True`."""
+    results = [
+        _timed("postgres", lambda: check_postgres(settings, timeout)),
+        _timed("redis", lambda: check_redis(settings, timeout)),
+    ]
+    if worker:
+        results.append(_timed("api-key", lambda: check_api_key(settings)))
+        target = node or default_node()
+        if results[1].ok:
+            results.append(_timed("worker", lambda: check_worker(target, timeout)))
+        else:
+            results.append(CheckResult("worker", False, "not asked: Redis is unreachable", 0))
+    return results
+
+
+@click.command("health")
+@click.option("--worker", "worker", is_flag=True, help="Also check the Celery worker on this host.")
+@click.option(
+    "--node",
+    help="Celery node name to ping with --worker.  [default: celery@<this hostname>]",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1, max=60),
+    default=5.0,
+    show_default=True,
+    help="Seconds each check may take.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def health_command(worker: bool, node: str | None, timeout: float, as_json: bool) -> None:
+    """Check PostgreSQL (reachable, schema at head), Redis and, with --worker, this host's worker.
+
+    Exit 0 when healthy, 1 when not: usable as a Docker HEALTHCHECK or a Kubernetes probe.
+    """
+    from worker.cli_common import fail
+    from worker.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except ConfigError as error:
+        fail(str(error))
+    results = run_checks(settings, worker=worker, node=node, timeout=timeout)
+    healthy = all(result.ok for result in results)
+    if as_json:
+        click.echo(json.dumps({"healthy": healthy, "checks": [asdict(r) for r in results]}))
+    else:
+        for r in results:
+            click.echo(f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail} ({r.ms} ms)")
+    raise SystemExit(0 if healthy else 1)
