@@ -18,6 +18,7 @@ services:
 	@scripts/services.sh
 
 test: $(STAMP) services
+	@scripts/ensure-tools.sh
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP) services
