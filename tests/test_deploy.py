@@ -21,6 +21,7 @@ import pytest
 from worker.cli import main
 from worker.settings import Settings, describe
 from worker.simulator import DEFAULT_KEY
+from worker.tasks import ACQUIRE_MAX_WAIT_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -181,10 +182,11 @@ def test_start_order_restarts_and_grace(resolved: dict[str, Any]) -> None:
         assert services[name]["restart"] in {"unless-stopped", "always"}
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["migrate"]["restart"] == "no"
-    # Warm shutdown must outlast one in-flight request, plus a margin to record it.
+    # Warm shutdown must outlast a job's limiter wait and one request, plus a margin to record.
     defaults = Settings.model_fields
     request = float(defaults["connect_timeout"].default) + float(defaults["read_timeout"].default)
-    assert _seconds(services["worker"]["stop_grace_period"]) >= request + 10
+    needed = ACQUIRE_MAX_WAIT_SECONDS + request + 5
+    assert _seconds(services["worker"]["stop_grace_period"]) >= needed
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
