@@ -13,14 +13,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from click.testing import CliRunner, Result
 from sqlalchemy.engine import make_url
 
 from migrations import alembic_config
 from tests.conftest import ADMIN_URL
 from tests.simfixture import SIM_KEY
 from tests.workerproc import WAHERO_BULK, Workers
+from worker.cli import main
 from worker.health import check_api_key, default_node, run_checks
-from worker.settings import load_settings
+from worker.settings import get_settings, load_settings
 
 CLOSED = "127.0.0.1:1"  # nothing listens on port 1: refused at once
 
@@ -56,9 +58,18 @@ def test_healthy_services_exit_0_with_one_line_per_check(database_url: str) -> N
     assert "schema at head" in lines[0]
 
 
+def cli(*args: str, **env: str) -> Result:
+    """The command in-process (no interpreter start-up), settings read afresh."""
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(main, ["health", *args], env=env)
+    finally:
+        get_settings.cache_clear()
+
+
 def test_json_document(database_url: str) -> None:
-    result = health("--json")
-    assert result.returncode == 0, result.stderr
+    result = cli("--json")
+    assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["healthy"] is True
     assert [(c["name"], c["ok"]) for c in document["checks"]] == [
@@ -78,6 +89,18 @@ def test_schema_not_at_head_is_unhealthy(scratch_url: str) -> None:
     assert "schema at 0001" in behind.detail and "wahero-bulk db upgrade" in behind.detail
     command.upgrade(alembic_config(scratch_url), "head")
     assert run_checks(settings)[0].ok
+
+
+def test_schema_newer_than_the_code_is_healthy_during_an_upgrade(scratch_url: str) -> None:
+    # `migrate` of the next release runs first; this release's workers keep running meanwhile.
+    command.upgrade(alembic_config(scratch_url), "head")
+    engine = sa.create_engine(scratch_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_next_release'"))
+    engine.dispose()
+    result = run_checks(load_settings(DATABASE_URL=scratch_url))[0]
+    assert result.ok
+    assert "schema at 9999_next_release, newer than" in result.detail
 
 
 def test_unreachable_services_exit_1_and_never_print_the_password() -> None:
@@ -103,9 +126,10 @@ def test_unreachable_services_exit_1_and_never_print_the_password() -> None:
 
 
 def test_bad_configuration_is_a_usage_error() -> None:
-    result = health(REDIS_URL="http://not-redis")
-    assert result.returncode == 2
+    result = cli(REDIS_URL="http://not-redis")
+    assert result.exit_code == 2
     assert result.stderr.startswith("error: REDIS_URL")
+    assert result.stdout == ""
 
 
 def test_worker_check_fails_when_no_worker_answers(database_url: str) -> None:
