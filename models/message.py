@@ -82,6 +82,14 @@ class Message(Base):
         ),
         # Counts by status per campaign, answered from the index alone.
         Index("ix_messages_campaign_id_status", "campaign_id", "status"),
+        # A campaign's cost total (`show`), answered from the index alone.
+        Index(
+            "ix_messages_sent_cost",
+            "campaign_id",
+            "currency",
+            postgresql_include=["cost"],
+            postgresql_where=text("status = 'sent'"),
+        ),
         # The sweep's question: whose lease has run out.
         Index(
             "ix_messages_lease_expires_at",
