@@ -52,6 +52,9 @@ local function keep(until_us)
 end
 local blocked = num('blocked')
 if op == 'check' then
+  -- A slot granted under a higher limit than the one now adopted is void (-1): drop it.
+  local granted_under, adopted = tonumber(ARGV[2]), num('adopted')
+  if adopted > 0 and granted_under > adopted then return -1 end
   return math.max(0, blocked - now)
 end
 if op == 'block' then
@@ -68,7 +71,8 @@ if op == 'adopt' then
   local adopted = num('adopted')
   if limit < configured then
     if adopted == limit then return 0 end
-    redis.call('HSET', key, 'adopted', limit)
+    -- Slots reserved at the old pace are void (see 'check'): the new pace starts now.
+    redis.call('HSET', key, 'adopted', limit, 'tat', string.format('%.0f', now))
     keep(now)
     return limit
   end
@@ -219,9 +223,13 @@ class Limiter:
         give = round(unused * grant.interval * _US)
         return bool(self._call(grant.fingerprint, "refund", grant.end, give))
 
+    def may_send(self, grant: Grant) -> bool:
+        """Whether a slot of this grant may still be used: no block, no lower limit since."""
+        return int(self._call(grant.fingerprint, "check", grant.limit)) == 0
+
     def blocked_for(self, fingerprint: str) -> float:
         """Seconds until the key may send again (0 when not blocked)."""
-        return float(self._call(fingerprint, "check")) / _US
+        return max(0.0, float(self._call(fingerprint, "check", 0)) / _US)
 
     def block(self, fingerprint: str, seconds: float, reason: str) -> bool:
         """Stop every worker sending with this key for `seconds`; True if that extended a block."""

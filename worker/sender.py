@@ -91,7 +91,7 @@ class Sender:
             delay = origin + (offsets[index] if index < len(offsets) else 0.0) - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            futures.append(self.pool.submit(self._send_one, claim, message, fp))
+            futures.append(self.pool.submit(self._send_one, claim, message, fp, grant))
         done = [future.result() for future in futures]
         outcomes: list[Outcome] = []
         released: list[int] = []
@@ -112,12 +112,14 @@ class Sender:
             change = CampaignChange("pause", "QUOTA_EXCEEDED", why, quota_until)
         return BatchResult(outcomes, released, change)
 
-    def _may_send(self, claim: Claim, fp: str) -> bool:
-        """Whether the campaign is not stopped and the key is not blocked; unsure means no."""
+    def _may_send(self, claim: Claim, fp: str, grant: Grant | None) -> bool:
+        """Whether the campaign is not stopped and the slot still holds; unsure means no."""
         try:
             if stopflags.stopped(claim.campaign_id) is not None:
                 return False
-            return self.limiter.blocked_for(fp) <= 0
+            if grant is None:
+                return self.limiter.blocked_for(fp) <= 0
+            return self.limiter.may_send(grant)
         except (LimiterUnavailable, RedisError) as error:
             # Without Redis there is no shared limit: never send unlimited.
             log.warning(
@@ -127,8 +129,10 @@ class Sender:
             )
             return False
 
-    def _send_one(self, claim: Claim, message: Claimed, fp: str) -> _Sent | int:
-        if not self._may_send(claim, fp):
+    def _send_one(
+        self, claim: Claim, message: Claimed, fp: str, grant: Grant | None = None
+    ) -> _Sent | int:
+        if not self._may_send(claim, fp, grant):
             return message.id
         started = datetime.now(UTC)
         try:
