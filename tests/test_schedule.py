@@ -304,19 +304,22 @@ def test_beat_starts_a_scheduled_campaign_by_itself(
     sim = sim_process()
     env = worker_env(sim, WAHERO_BEAT_INTERVAL="0.5")
     workers.start(env)
-    at = db_now(db) + timedelta(seconds=3)
-    result = enqueue_campaign(
-        instance_id=INSTANCE, message="Hi", recipients=recipients(20), scheduled_at=at
-    )
-    log = (tmp_path / "beat.log").open("wb")
+    log_path = tmp_path / "beat.log"
     beat = subprocess.Popen(
         [WAHERO_BULK, "beat", "--schedule", str(tmp_path / "schedule")],
         env={**os.environ, **env},
-        stdout=log,
+        stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
+        # Once the beat ticks, a campaign due in two seconds starts within a few ticks.
+        wait_for(lambda: "Sending due task" in log_path.read_text(), 60, 0.1, "the first tick")
+        at = db_now(db) + timedelta(seconds=2)
+        result = enqueue_campaign(
+            instance_id=INSTANCE, message="Hi", recipients=recipients(20), scheduled_at=at
+        )
+        assert result.status == "scheduled"
         wait_status(db, result.campaign_id, "completed", timeout=60)
     finally:
         beat.terminate()

@@ -22,9 +22,10 @@ def _key(campaign_id: str) -> str:
 
 def stop(campaign_id: str, reason: str) -> None:
     """Tell every worker to start no new send for this campaign."""
+    # Redis first: a worker that drops its local copy (forget_local) must still find the flag.
+    get_redis().set(_key(campaign_id), reason, ex=_TTL_SECONDS)
     with _lock:
         _local[campaign_id] = reason
-    get_redis().set(_key(campaign_id), reason, ex=_TTL_SECONDS)
 
 
 def clear(campaign_id: str) -> None:
