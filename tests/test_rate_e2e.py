@@ -90,6 +90,7 @@ def test_a_limit_above_wahero_adapts_with_a_handful_of_429s(
     assert logs.count("below WAHERO_RATE_LIMIT") == 1  # adopted once, by one worker, for all
 
 
+@pytest.mark.slow  # waits out a real (short) quota day
 def test_a_spent_daily_quota_pauses_the_campaign_until_the_reset(
     db: sa.Engine, workers: Workers, sim_process: Callable[..., SimProcess]
 ) -> None:
