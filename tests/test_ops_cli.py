@@ -466,6 +466,7 @@ def _write(path: Path, content: str) -> Path:
 # ---- stdout holds the JSON document alone ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_json_alone_on_stdout_of_the_real_command(ops: sa.Engine) -> None:
     cid = mixed_campaign(ops)
     env = {**os.environ, "WAHERO_LOG_LEVEL": "DEBUG"}

@@ -52,8 +52,10 @@ def _campaign_id(value: str) -> uuid.UUID:
 def _console() -> Any:
     from rich.console import Console
 
-    # Wide enough that ids and times are not wrapped when stdout is a pipe or a file.
-    return Console(width=None if os.isatty(1) else 200)
+    # Wide enough that ids and times are not wrapped when stdout is a pipe or a file
+    # (COLUMNS, when set, still wins).
+    wide = os.isatty(1) or "COLUMNS" in os.environ
+    return Console(width=None if wide else 200)
 
 
 def _echo_json_list(items: Iterable[dict[str, Any]]) -> None:

@@ -25,6 +25,11 @@ def local_time(value: datetime | None, zone: tzinfo) -> str:
     return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
+def short_time(value: datetime | None, zone: tzinfo) -> str:
+    """A stored UTC time in the operator's zone, without year, seconds or zone (for tables)."""
+    return "—" if value is None else value.astimezone(zone).strftime("%m-%d %H:%M")
+
+
 def campaign_panel(summary: CampaignSummary, zone: tzinfo) -> Group:
     """A campaign's progress, counts, cost and timing, for `show`."""
     finished, sendable = progress(summary)
@@ -125,7 +130,8 @@ def print_campaign(summary: CampaignSummary, zone: tzinfo, console: Console | No
 
 def campaigns_table(summaries: Iterable[CampaignSummary], zone: tzinfo) -> Table:
     """`campaigns`: one row per campaign with its progress bar, counts, cost and timing."""
-    table = Table(title="campaigns", title_justify="left")
+    now = datetime.now(UTC).astimezone(zone)
+    table = Table(title=f"campaigns (times in {now.strftime('%Z')})", title_justify="left")
     for name, justify in (
         ("id", "left"),
         ("name", "left"),
@@ -139,7 +145,14 @@ def campaigns_table(summaries: Iterable[CampaignSummary], zone: tzinfo) -> Table
         ("started", "left"),
         ("finished", "left"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        # Ids, times, counts and amounts are read whole; only the name may wrap.
+        wrap = name == "name"
+        table.add_column(
+            name,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=not wrap,
+            min_width=12 if wrap else None,
+        )
     for s in summaries:
         finished, sendable = progress(s)
         status = s.status + (f"\n{halt_text(s, zone)}" if s.halt_code else "")
@@ -149,14 +162,14 @@ def campaigns_table(summaries: Iterable[CampaignSummary], zone: tzinfo) -> Table
             str(s.id),
             escape(s.name),
             status,
-            ProgressBar(total=max(sendable, 1), completed=finished, width=20),
+            ProgressBar(total=max(sendable, 1), completed=finished, width=12),
             f"{finished}/{sendable}",
             counts or "—",
             cost_text(s),
             "—" if rate is None else f"{rate:.1f}/s",
             time_left(s) or "—",
-            local_time(s.started_at, zone),
-            local_time(s.finished_at, zone),
+            short_time(s.started_at, zone),
+            short_time(s.finished_at, zone),
         )
     return table
 
