@@ -147,3 +147,104 @@ def wait_status(engine: sa.Engine, campaign_id: Any, *statuses: str, timeout: fl
             f"campaign to become {'/'.join(statuses)} (counts {counts(engine, campaign_id)})",
         )
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of this test's own (no persistence), so it can be killed and restarted."""
+
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start on the same port (again); returns once it answers PING."""
+        import redis
+
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        try:
+            wait_for(answers, 15, message=f"private redis on port {self.port}")
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """kill -9: everything it held is gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture()
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private redis-server on a free port, started; killed at the end of the test."""
+    server = PrivateRedis(free_port(), tmp_path / "redis.log")
+    server.start()
+    yield server
+    server.kill()
+
+
+def start_beat(
+    tmp_path: Path, env: dict[str, str], name: str = "beat"
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """A `wahero-bulk beat` subprocess with its own schedule file; returns it and its log."""
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            [WAHERO_BULK, "beat", "--schedule", str(tmp_path / f"{name}.schedule")],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return process, log_path
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a subprocess's group, SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)

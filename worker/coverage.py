@@ -3,6 +3,11 @@
 Read straight from the broker's own structures (kombu's Redis transport keeps queued jobs in one
 list per queue and delivered-but-unacknowledged ones in the `unacked` hash), so nothing extra has
 to be kept in step with the queue; after a Redis wipe every campaign is simply uncovered.
+
+A job delivered longer ago than `stale_before` allows is not counted: a worker killed with SIGKILL
+never acknowledges its jobs, and kombu gives them back only after the one-hour visibility timeout,
+so counting them would leave the campaign stalled for that hour. Publishing again is harmless
+(claims are atomic); at worst a slow but living job runs beside one more chain.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import redis
 
 SEND_TASK = "wahero.send_batch"
 QUEUES = ("wahero", "wahero.high")
+# kombu's Redis transport: delivery tag -> [message, exchange, key], and tag -> delivery time.
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
 
 
 def _campaign_of(raw: bytes | str) -> str | None:
@@ -34,7 +42,17 @@ def _campaign_of(raw: bytes | str) -> str | None:
         return None
 
 
-def _raw_jobs(client: redis.Redis) -> Iterable[bytes]:
+def _unacked(client: redis.Redis, stale_before: float | None) -> Iterable[bytes]:
+    if stale_before is None:
+        yield from cast(list[bytes], client.hvals(UNACKED))
+        return
+    fresh = cast(list[bytes], client.zrangebyscore(UNACKED_INDEX, stale_before, "+inf"))
+    if fresh:
+        values = cast(list[bytes | None], client.hmget(UNACKED, fresh))
+        yield from (value for value in values if value is not None)
+
+
+def _raw_jobs(client: redis.Redis, stale_before: float | None) -> Iterable[bytes]:
     for queue in QUEUES:
         # kombu keeps each priority step of a queue in its own list.
         for key in client.scan_iter(match=f"{queue}*", count=1000):
@@ -44,13 +62,16 @@ def _raw_jobs(client: redis.Redis) -> Iterable[bytes]:
                 "list",
             ):
                 yield from cast(list[bytes], client.lrange(key, 0, -1))
-    yield from cast(list[bytes], client.hvals("unacked"))
+    yield from _unacked(client, stale_before)
 
 
-def covered_campaigns(client: redis.Redis) -> set[str]:
-    """The ids of campaigns that some send job in Redis will still work on."""
+def covered_campaigns(client: redis.Redis, stale_before: float | None = None) -> set[str]:
+    """The ids of campaigns that some send job in Redis will still work on.
+
+    With `stale_before` (a Unix time), jobs delivered to a worker before then do not count.
+    """
     found = set()
-    for raw in _raw_jobs(client):
+    for raw in _raw_jobs(client, stale_before):
         campaign_id = _campaign_of(raw)
         if campaign_id is not None:
             found.add(campaign_id)

@@ -154,7 +154,8 @@ def _republish_uncovered(
         ).all()
     if not due:
         return []
-    covered = covered_campaigns(broker)
+    # A job delivered longer ago than a lease belongs to a dead worker (or will chain on anyway).
+    covered = covered_campaigns(broker, stale_before=moment.timestamp() - settings.lease_seconds)
     republished = []
     for row in due:
         campaign_id = str(row.id)
