@@ -559,5 +559,18 @@ def test_missing_or_empty_keys_name_the_variable(tmp_path: Path) -> None:
         ApiKeySource(api_key_file=empty).get()
 
 
+def test_a_key_file_caught_mid_rewrite_keeps_the_last_key(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("wahero_test_first")
+    source = ApiKeySource(api_key_file=key_file)
+    assert source.get() == "wahero_test_first"
+    key_file.write_text("")  # an in-place rewrite, caught half way
+    assert source.get() == "wahero_test_first"
+    key_file.unlink()  # a replace by rename, caught between unlink and rename
+    assert source.get() == "wahero_test_first"
+    key_file.write_text("wahero_test_second\n")
+    assert source.get() == "wahero_test_second"
+
+
 def test_fingerprint_is_eight_hex_digits_of_sha256() -> None:
     assert fingerprint("abc") == "ba7816bf"

@@ -52,6 +52,8 @@ class ApiKeySource:
         try:
             stat = path.stat()
         except OSError as error:
+            if self._cached is not None:
+                return self._cached  # a file replaced by rename is briefly absent
             raise ConfigError(f"WAHERO_API_KEY_FILE: cannot read {path}") from error
         # mtime_ns and size together catch an in-place rewrite within one mtime tick.
         stamp = (stat.st_mtime_ns, stat.st_size)
@@ -61,8 +63,14 @@ class ApiKeySource:
             try:
                 value = path.read_text(encoding="utf-8").strip()
             except OSError as error:
+                if self._cached is not None:
+                    return self._cached
                 raise ConfigError(f"WAHERO_API_KEY_FILE: cannot read {path}") from error
             if not value:
+                # A key file rewritten in place is empty for a moment: keep the last key and
+                # look again next time (the stamp is not stored).
+                if self._cached is not None:
+                    return self._cached
                 raise ConfigError(f"WAHERO_API_KEY_FILE: {path} is empty")
             self._cached, self._stamp = SecretStr(value), stamp
             return self._cached

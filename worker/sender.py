@@ -31,7 +31,7 @@ from worker.errors import (
 )
 from worker.limiter import Grant, LimiterUnavailable, get_limiter, quota_reset
 from worker.policy import campaign_effect, decide
-from worker.settings import Settings
+from worker.settings import ConfigError, Settings
 from worker.store import CampaignChange, Claim, Claimed, Outcome
 
 log = logging.getLogger("wahero_bulk.sender")
@@ -137,6 +137,10 @@ class Sender:
         started = datetime.now(UTC)
         try:
             result = self.client.send(claim.instance_id, message.phone, message.body)
+        except ConfigError as error:
+            # No key to send with (the key file vanished): nothing left; the message waits.
+            log.warning("no API key before a send campaign=%s: %s", claim.campaign_id, error)
+            return message.id
         except SendError as error:
             finished = datetime.now(UTC)
             if isinstance(error, UnauthorizedError | ForbiddenError | QuotaExceededError):
