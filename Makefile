@@ -33,7 +33,8 @@ demo: $(STAMP) services
 	$(BIN)/python scripts/demo.py
 
 bench: $(STAMP) services
-	$(BIN)/python bench/run.py
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
