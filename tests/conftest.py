@@ -20,7 +20,6 @@ ADMIN_URL = os.environ.get(
     "TEST_ADMIN_DATABASE_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres"
 )
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
 TEST_DB = f"wahero_test_{os.getpid()}"
 TABLES = (
     "attempts",
@@ -31,6 +30,29 @@ TABLES = (
     "broadcast_recipients",
     "broadcasts",
 )
+# Marks a Redis database as taken by one test run, so runs side by side never share a queue.
+REDIS_CLAIM_KEY = "wahero:test-run"
+REDIS_CLAIM_SECONDS = 4 * 3600
+
+# Services first: choosing a Redis database needs Redis.
+subprocess.run([str(ROOT / "scripts" / "services.sh")], check=True)
+
+
+def _claim_redis_db() -> int:
+    if "TEST_REDIS_DB" in os.environ:
+        return int(os.environ["TEST_REDIS_DB"])
+    owner = f"pid:{os.getpid()}"
+    for number in range(15, 1, -1):
+        client = redis.Redis.from_url(f"{REDIS_BASE}/{number}")
+        try:
+            if client.set(REDIS_CLAIM_KEY, owner, nx=True, ex=REDIS_CLAIM_SECONDS):
+                return number
+        finally:
+            client.close()
+    raise RuntimeError("every Redis database from 2 to 15 is taken by another test run")
+
+
+REDIS_DB = _claim_redis_db()
 
 # The whole process (and every worker it starts) sees the test services.
 os.environ["DATABASE_URL"] = (
@@ -41,8 +63,22 @@ os.environ.pop("WAHERO_API_KEY", None)
 os.environ.pop("WAHERO_API_KEY_FILE", None)
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    subprocess.run([str(ROOT / "scripts" / "services.sh")], check=True)
+def _mark_redis_taken(client: redis.Redis) -> None:
+    client.set(REDIS_CLAIM_KEY, f"pid:{os.getpid()}", ex=REDIS_CLAIM_SECONDS)
+
+
+def wipe_redis(client: redis.Redis) -> None:
+    """FLUSHDB this run's Redis database (a Redis that lost everything), keeping it claimed."""
+    client.flushdb()
+    _mark_redis_taken(client)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        client.flushdb()  # also gives the database back
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
@@ -85,8 +121,10 @@ def redis_client() -> Iterator[redis.Redis]:
     """The run's dedicated Redis database, flushed before and after the test."""
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     client.flushdb()
+    _mark_redis_taken(client)
     yield client
     client.flushdb()
+    _mark_redis_taken(client)
     client.close()
 
 

@@ -15,6 +15,7 @@ import redis
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from tests.conftest import wipe_redis
 from tests.simfixture import SimProcess
 from tests.test_pipeline import INSTANCE, assert_sent_matches_received, recipients, worker_env
 from tests.workerproc import Workers, counts, wait_for, wait_status
@@ -182,7 +183,7 @@ def test_expired_leases_become_unknown_never_stuck_sending(
     db: sa.Engine, redis_client: redis.Redis
 ) -> None:
     result = enqueue_campaign(instance_id=INSTANCE, message="Hi", recipients=recipients(6))
-    redis_client.flushdb()
+    wipe_redis(redis_client)
     with db.begin() as conn:
         conn.execute(
             sa.text("""UPDATE messages SET status = 'sending', lease_owner = 'dead:1',
@@ -233,7 +234,7 @@ def test_paused_and_halted_campaigns_are_left_alone_quota_pauses_resume(
             ),
             {"id": quota.campaign_id, "until": now + timedelta(minutes=10)},
         )
-    redis_client.flushdb()
+    wipe_redis(redis_client)
     report = run_tick(db, now=now + timedelta(minutes=5))
     assert report.resumed == [] and report.republished == []
     report = run_tick(db, now=now + timedelta(minutes=11))
@@ -250,7 +251,7 @@ def test_long_retry_delays_wait_in_postgres_not_in_redis(
     db: sa.Engine, redis_client: redis.Redis
 ) -> None:
     result = enqueue_campaign(instance_id=INSTANCE, message="Hi", recipients=recipients(3))
-    redis_client.flushdb()
+    wipe_redis(redis_client)
     now = db_now(db)
     with db.begin() as conn:
         conn.execute(
@@ -278,7 +279,7 @@ def test_a_redis_wipe_mid_campaign_loses_and_duplicates_nothing(
     workers.start(worker_env(sim))
     result = enqueue_campaign(instance_id=INSTANCE, message="Hi", recipients=recipients(400))
     wait_for(lambda: len(sim.received()) >= 80, 60)
-    redis_client.flushdb()  # this run's Redis database: a wipe, without touching other runs
+    wipe_redis(redis_client)  # this run's database only: other runs keep theirs
     # The tick finds the campaign uncovered and republishes it (repeat: jobs in flight may
     # still chain on, or may be the ones the flush took).
     wait_for(lambda: run_tick(db) and wait_for_idle_or_done(db, result.campaign_id), 90, 0.5)

@@ -136,7 +136,8 @@ def _enqueue(
             INSERT INTO campaigns (id, name, instance_id, template, status, scheduled_at,
                                    started_at, idempotency_key, source, created_by, priority)
             VALUES (:id, :name, :instance_id, :template, :status, :scheduled_at,
-                    :started_at, :key, :source, :created_by, :priority)
+                    CASE WHEN CAST(:starts AS boolean) THEN now() END, :key, :source,
+                    :created_by, :priority)
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING id"""),
             {
@@ -146,7 +147,7 @@ def _enqueue(
                 "template": template_text,
                 "status": status,
                 "scheduled_at": scheduled_at,
-                "started_at": now if starts_now else None,
+                "starts": starts_now,
                 "key": idempotency_key,
                 "source": source,
                 "created_by": created_by,

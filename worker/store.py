@@ -132,7 +132,11 @@ WHERE c.id = m.campaign_id AND m.id = ANY(:ids) AND m.lease_token = :token
 
 _RECORD = text("""
 UPDATE messages
-SET status = CAST(:status AS varchar),
+SET status = CASE
+        -- A retry due after its campaign was cancelled will never be sent: say so.
+        WHEN CAST(:status AS varchar) = 'pending' AND EXISTS (
+            SELECT 1 FROM campaigns c WHERE c.id = messages.campaign_id AND c.status = 'cancelled')
+        THEN 'cancelled' ELSE CAST(:status AS varchar) END,
     attempts = attempts + CASE WHEN CAST(:counts AS boolean) THEN 1 ELSE 0 END,
     next_attempt_at = COALESCE(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
     provider_message_id = COALESCE(CAST(:provider_message_id AS varchar), provider_message_id),
