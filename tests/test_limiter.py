@@ -229,3 +229,16 @@ def test_redis_holds_fingerprints_only(redis_client: redis.Redis) -> None:
     lim.acquire(FP, 1)
     lim.block(FP, 0.1, "429")
     assert [k.decode() for k in redis_client.keys("wahero:limit:*")] == [f"wahero:limit:{FP}"]
+
+
+def test_a_stop_flag_is_checked_in_the_same_call(redis_client: redis.Redis) -> None:
+    from worker import stopflags
+
+    lim = limiter(redis_client, None)
+    grant = lim.acquire(FP, 3)
+    flag = stopflags.key("campaign-x")
+    assert lim.may_send(grant, flag) and lim.may_send_now(FP, flag)
+    redis_client.set(flag, "UNAUTHORIZED")
+    assert not lim.may_send(grant, flag)
+    assert not lim.may_send_now(FP, flag)
+    assert lim.may_send(grant)  # other campaigns on the same key are not stopped

@@ -322,6 +322,10 @@ class WaheroClient:
             pool_connections=size, pool_maxsize=size, pool_block=False, max_retries=0
         )
         self._session = requests.Session()
+        # Proxies from the environment are read once here, not on every request: with
+        # trust_env, requests looks for ~/.netrc and re-reads proxy settings per send.
+        self._session.proxies = requests.utils.get_environ_proxies(self._url)
+        self._session.trust_env = False
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers.update(

@@ -52,6 +52,8 @@ local function keep(until_us)
 end
 local blocked = num('blocked')
 if op == 'check' then
+  -- KEYS[2], when given, is a campaign's stop flag (-2): one round trip before each send.
+  if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
   -- A slot granted under a higher limit than the one now adopted is void (-1): drop it.
   local granted_under, adopted = tonumber(ARGV[2]), num('adopted')
   if adopted > 0 and granted_under > adopted then return -1 end
@@ -165,9 +167,10 @@ class Limiter:
         """The Redis key of a key's schedule; the plan's limit belongs to the API key."""
         return f"wahero:limit:{fingerprint}"
 
-    def _call(self, fingerprint: str, *args: Any) -> Any:
+    def _call(self, fingerprint: str, *args: Any, also: str | None = None) -> Any:
+        keys = [self.key(fingerprint)] if also is None else [self.key(fingerprint), also]
         try:
-            return self._script(keys=[self.key(fingerprint)], args=list(args))
+            return self._script(keys=keys, args=list(args))
         except redis.RedisError as error:
             raise LimiterUnavailable(f"rate limiter unreachable: {type(error).__name__}") from error
 
@@ -223,9 +226,14 @@ class Limiter:
         give = round(unused * grant.interval * _US)
         return bool(self._call(grant.fingerprint, "refund", grant.end, give))
 
-    def may_send(self, grant: Grant) -> bool:
-        """Whether a slot of this grant may still be used: no block, no lower limit since."""
-        return int(self._call(grant.fingerprint, "check", grant.limit)) == 0
+    def may_send(self, grant: Grant, stop_key: str | None = None) -> bool:
+        """Whether a slot of this grant may still be used: no block, no lower limit since, and
+        (with `stop_key`) no stop flag on the campaign; one round trip for all three."""
+        return int(self._call(grant.fingerprint, "check", grant.limit, also=stop_key)) == 0
+
+    def may_send_now(self, fingerprint: str, stop_key: str | None = None) -> bool:
+        """Without a grant: whether the key is not blocked and the campaign not stopped."""
+        return int(self._call(fingerprint, "check", 0, also=stop_key)) == 0
 
     def blocked_for(self, fingerprint: str) -> float:
         """Seconds until the key may send again (0 when not blocked)."""

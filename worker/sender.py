@@ -114,12 +114,13 @@ class Sender:
 
     def _may_send(self, claim: Claim, fp: str, grant: Grant | None) -> bool:
         """Whether the campaign is not stopped and the slot still holds; unsure means no."""
+        if stopflags.stopped_here(claim.campaign_id):
+            return False
+        stop_key = stopflags.key(claim.campaign_id)
         try:
-            if stopflags.stopped(claim.campaign_id) is not None:
-                return False
             if grant is None:
-                return self.limiter.blocked_for(fp) <= 0
-            return self.limiter.may_send(grant)
+                return self.limiter.may_send_now(fp, stop_key)
+            return self.limiter.may_send(grant, stop_key)
         except (LimiterUnavailable, RedisError) as error:
             # Without Redis there is no shared limit: never send unlimited.
             log.warning(

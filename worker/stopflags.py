@@ -16,14 +16,15 @@ _local: dict[str, str] = {}
 _lock = threading.Lock()
 
 
-def _key(campaign_id: str) -> str:
+def key(campaign_id: str) -> str:
+    """The Redis key of a campaign's stop flag (the limiter checks it in the same call)."""
     return f"wahero:stop:{campaign_id}"
 
 
 def stop(campaign_id: str, reason: str) -> None:
     """Tell every worker to start no new send for this campaign."""
     # Redis first: a worker that drops its local copy (forget_local) must still find the flag.
-    get_redis().set(_key(campaign_id), reason, ex=_TTL_SECONDS)
+    get_redis().set(key(campaign_id), reason, ex=_TTL_SECONDS)
     with _lock:
         _local[campaign_id] = reason
 
@@ -32,7 +33,7 @@ def clear(campaign_id: str) -> None:
     """Let the campaign send again (after resume)."""
     with _lock:
         _local.pop(campaign_id, None)
-    get_redis().delete(_key(campaign_id))
+    get_redis().delete(key(campaign_id))
 
 
 def forget_local(campaign_id: str) -> None:
@@ -41,12 +42,17 @@ def forget_local(campaign_id: str) -> None:
         _local.pop(campaign_id, None)
 
 
+def stopped_here(campaign_id: str) -> bool:
+    """Whether this process already knows the campaign must not send (no Redis call)."""
+    return campaign_id in _local
+
+
 def stopped(campaign_id: str) -> str | None:
     """The reason the campaign must not send, or None; asks Redis unless this process knows."""
     reason = _local.get(campaign_id)
     if reason is not None:
         return reason
-    value = get_redis().get(_key(campaign_id))
+    value = get_redis().get(key(campaign_id))
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
