@@ -574,3 +574,19 @@ def test_a_key_file_caught_mid_rewrite_keeps_the_last_key(tmp_path: Path) -> Non
 
 def test_fingerprint_is_eight_hex_digits_of_sha256() -> None:
     assert fingerprint("abc") == "ba7816bf"
+
+
+def test_the_environment_proxy_is_honoured_and_no_proxy_bypasses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import urllib3
+
+    from worker.client import _pool_manager
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    manager = _pool_manager("https://api.wahero.id/api/v1/messages/send", 8)
+    assert isinstance(manager, urllib3.ProxyManager)
+    assert manager.proxy is not None and manager.proxy.host == "proxy.internal"
+    direct = _pool_manager("https://localhost:8443/api/v1/messages/send", 8)
+    assert not isinstance(direct, urllib3.ProxyManager)

@@ -15,15 +15,17 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
+from urllib.request import getproxies, proxy_bypass
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 from urllib3.exceptions import (
     ConnectTimeoutError,
-    MaxRetryError,
-    NameResolutionError,
-    NewConnectionError,
+    HTTPError,
+    LocationValueError,
     ProtocolError,
+    ProxyError,
+    ReadTimeoutError,
+    SSLError,
 )
 
 import worker
@@ -280,29 +282,34 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-def classify_transport_error(error: requests.RequestException, fp: str) -> SendError:
+def classify_transport_error(error: HTTPError, fp: str) -> SendError:
     """Whether a failed exchange never reached Wahero (transient) or may have been sent."""
     text = f"{type(error).__name__}: {error}"
-    if isinstance(error, requests.ConnectTimeout):
-        return TransientError(text, code="CONNECT_TIMEOUT", key_fingerprint=fp)
-    if isinstance(error, requests.ReadTimeout):
+    # NewConnectionError and NameResolutionError are ConnectTimeoutErrors in urllib3 2.
+    if isinstance(error, ConnectTimeoutError):
+        code = "CONNECT_TIMEOUT" if type(error) is ConnectTimeoutError else "CONNECT_ERROR"
+        return TransientError(text, code=code, key_fingerprint=fp)
+    if isinstance(error, ReadTimeoutError):
         return AmbiguousError(text, code="READ_TIMEOUT", key_fingerprint=fp)
-    if isinstance(error, requests.exceptions.SSLError):
-        # The TLS handshake precedes the request: nothing was written.
-        return TransientError(text, code="TLS_ERROR", key_fingerprint=fp)
-    if isinstance(error, requests.ConnectionError):
-        reason = error.args[0] if error.args else None
-        if isinstance(reason, MaxRetryError):
-            reason = reason.reason
-        never_reached = (NewConnectionError, NameResolutionError, ConnectTimeoutError)
-        if isinstance(reason, never_reached):
-            return TransientError(text, code="CONNECT_ERROR", key_fingerprint=fp)
-        if isinstance(reason, ProtocolError):
-            return AmbiguousError(text, code="CONNECTION_DROPPED", key_fingerprint=fp)
-    if isinstance(error, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+    if isinstance(error, SSLError | ProxyError):
+        # The TLS handshake (or the proxy's CONNECT) precedes the request: nothing was written.
+        return TransientError(text, code="CONNECT_ERROR", key_fingerprint=fp)
+    if isinstance(error, ProtocolError):
+        return AmbiguousError(text, code="CONNECTION_DROPPED", key_fingerprint=fp)
+    if isinstance(error, LocationValueError):
         return InvalidRequestError(text, code="BAD_URL", key_fingerprint=fp)
     # Anything else happened somewhere on the way: assume it may have been sent.
     return AmbiguousError(text, code="TRANSPORT_ERROR", key_fingerprint=fp)
+
+
+def _pool_manager(url: str, size: int) -> urllib3.PoolManager:
+    """A connection pool of `size` per host, through the environment's proxy if it names one."""
+    scheme = url.split("://", 1)[0]
+    host = urllib3.util.parse_url(url).host or ""
+    proxy = getproxies().get(scheme)
+    if proxy and not proxy_bypass(host):
+        return urllib3.ProxyManager(proxy, num_pools=4, maxsize=size, block=False)
+    return urllib3.PoolManager(num_pools=4, maxsize=size, block=False)
 
 
 # ---------------------------------------------------------------- the client
@@ -315,22 +322,17 @@ class WaheroClient:
         self._settings = settings
         self._keys = ApiKeySource.from_settings(settings)
         self._url = settings.base_url + SEND_PATH
-        self._timeout = (settings.connect_timeout, settings.read_timeout)
+        self._timeout = urllib3.Timeout(
+            connect=settings.connect_timeout, read=settings.read_timeout
+        )
         self._pricing = Pricing(settings.price_per_message, settings.currency)
-        size = pool_size or settings.concurrency
-        adapter = HTTPAdapter(
-            pool_connections=size, pool_maxsize=size, pool_block=False, max_retries=0
-        )
-        self._session = requests.Session()
-        # Proxies from the environment are read once here, not on every request: with
-        # trust_env, requests looks for ~/.netrc and re-reads proxy settings per send.
-        self._session.proxies = requests.utils.get_environ_proxies(self._url)
-        self._session.trust_env = False
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        self._session.headers.update(
-            {"User-Agent": f"wahero-bulk/{worker.__version__}", "Accept": "application/json"}
-        )
+        # urllib3 directly (the transport under requests): half the CPU per send of a Session.
+        self._pool = _pool_manager(self._url, pool_size or settings.concurrency)
+        self._headers = {
+            "User-Agent": f"wahero-bulk/{worker.__version__}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
 
     @property
     def key_fingerprint(self) -> str:
@@ -344,27 +346,27 @@ class WaheroClient:
         payload = {"instanceId": instance_id, "phone": phone, "message": message}
         if log.isEnabledFor(logging.DEBUG):
             log.debug("POST %s headers={'X-Api-Key': '***%s'}", self._url, fp)
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         started = time.monotonic()
         try:
-            response = self._session.post(
+            response = self._pool.request(
+                "POST",
                 self._url,
-                json=payload,
-                headers={"X-Api-Key": key},
+                body=body,
+                headers={**self._headers, "X-Api-Key": key},
                 timeout=self._timeout,
-                allow_redirects=False,  # a redirect would turn the POST into a GET
+                retries=False,  # retries are decided by the policy, never by the transport
+                redirect=False,  # a redirect would turn the POST into a GET
             )
-        except requests.RequestException as error:
-            # The request (with its headers, the key among them) hangs off the exception.
-            error.request = None
-            error.response = None
+        except HTTPError as error:
             raise classify_transport_error(error, fp) from error
         elapsed = time.monotonic() - started
-        log.debug("HTTP %s in %.3fs", response.status_code, elapsed)
+        log.debug("HTTP %s in %.3fs", response.status, elapsed)
         try:
             return classify_response(
-                response.status_code,
+                response.status,
                 response.headers,
-                response.content,
+                response.data,
                 elapsed=elapsed,
                 key_fingerprint=fp,
                 pricing=self._pricing,
@@ -377,7 +379,7 @@ class WaheroClient:
 
     def close(self) -> None:
         """Close the pooled connections."""
-        self._session.close()
+        self._pool.clear()
 
     def __enter__(self) -> WaheroClient:
         return self
