@@ -102,8 +102,9 @@ def _resolve_cli(argv: list[str]) -> click.Command:
     while isinstance(command, click.Group):
         assert args, f"{argv}: a group needs a subcommand"
         name = args.pop(0)
-        assert name in command.commands, f"{argv}: `{name}` is not a wahero-bulk command"
-        command = command.commands[name]
+        found = command.get_command(click.Context(command), name)
+        assert found is not None, f"{argv}: `{name}` is not a wahero-bulk command"
+        command = found
     command.make_context(argv[0], list(args))
     return command
 

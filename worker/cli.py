@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import tempfile
@@ -15,8 +16,42 @@ from worker.cli_common import parse_at as _parse_at
 from worker.cli_common import setup as _setup
 from worker.settings import ConfigError
 
+# Commands defined elsewhere, imported only when asked for: a command starts without loading
+# the simulator's web server, Celery or Rich unless it needs them.
+LAZY_COMMANDS = {
+    "simulate": "worker.simulator:simulate_command",
+    "health": "worker.health:health_command",
+    "broadcasts": "worker.cli_broadcasts:broadcasts",
+    "campaigns": "worker.cli_ops:campaigns",
+    "show": "worker.cli_ops:show",
+    "messages": "worker.cli_ops:messages",
+    "export": "worker.cli_ops:export",
+    "pause": "worker.cli_ops:pause",
+    "resume": "worker.cli_ops:resume",
+    "cancel": "worker.cli_ops:cancel",
+    "retry": "worker.cli_ops:retry",
+    "dead-letters": "worker.cli_ops:dead_letters",
+    "suppress": "worker.cli_ops:suppress",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose LAZY_COMMANDS are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = LAZY_COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = target.split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="wahero-bulk")
 def main() -> None:
     """Bulk WhatsApp campaigns through the Wahero API."""
@@ -155,18 +190,6 @@ def beat(celery_args: tuple[str, ...]) -> None:
         *celery_args,
     ]
     app.start(argv)
-
-
-from worker.cli_broadcasts import broadcasts  # noqa: E402
-from worker.cli_ops import OPS_COMMANDS  # noqa: E402
-from worker.health import health_command  # noqa: E402
-from worker.simulator import simulate_command  # noqa: E402
-
-main.add_command(simulate_command, "simulate")
-main.add_command(health_command, "health")
-main.add_command(broadcasts)
-for _command in OPS_COMMANDS:
-    main.add_command(_command)
 
 
 def run() -> None:

@@ -351,17 +351,3 @@ def suppress_list(as_json: bool) -> None:
         _console().print(suppressions_table(entries, settings.zone))
     else:
         click.echo("no suppressed numbers", err=True)
-
-
-OPS_COMMANDS: list[click.Command] = [
-    campaigns,
-    show,
-    messages,
-    export,
-    pause,
-    resume,
-    cancel,
-    retry,
-    dead_letters,
-    suppress,
-]

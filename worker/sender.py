@@ -36,6 +36,9 @@ from worker.store import CampaignChange, Claim, Claimed, Outcome
 
 log = logging.getLogger("wahero_bulk.sender")
 
+# How long one Redis answer on "may this campaign send now?" serves this process's sends.
+CHECK_TTL_SECONDS = 0.02
+
 
 @dataclass(frozen=True)
 class _Sent:
@@ -68,6 +71,8 @@ class Sender:
         )
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.limiter = get_limiter(settings)
+        # (campaign, key fingerprint, pace) -> (valid until, may send): see _may_send.
+        self._checks: dict[tuple[str, str, int], tuple[float, bool]] = {}
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -116,11 +121,24 @@ class Sender:
         """Whether the campaign is not stopped and the slot still holds; unsure means no."""
         if stopflags.stopped_here(claim.campaign_id):
             return False
+        # One answer from Redis serves every send of this campaign, key and pace for a few ms:
+        # a flag set by another process reaches this one within CHECK_TTL_SECONDS, long before
+        # the halting batch is even recorded, and sends need not queue on Redis one by one.
+        cache_key = (claim.campaign_id, fp, grant.limit if grant is not None else 0)
+        now = time.monotonic()
+        cached = self._checks.get(cache_key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
         stop_key = stopflags.key(claim.campaign_id)
         try:
             if grant is None:
-                return self.limiter.may_send_now(fp, stop_key)
-            return self.limiter.may_send(grant, stop_key)
+                allowed = self.limiter.may_send_now(fp, stop_key)
+            else:
+                allowed = self.limiter.may_send(grant, stop_key)
+            if len(self._checks) > 1000:
+                self._checks.clear()  # old campaigns' answers: never let the cache grow
+            self._checks[cache_key] = (now + CHECK_TTL_SECONDS, allowed)
+            return allowed
         except (LimiterUnavailable, RedisError) as error:
             # Without Redis there is no shared limit: never send unlimited.
             log.warning(
@@ -147,10 +165,12 @@ class Sender:
             if isinstance(error, UnauthorizedError | ForbiddenError | QuotaExceededError):
                 # Stop every worker before the halt is even written: no request on a dead key.
                 stopflags.stop(claim.campaign_id, error.code or error.outcome)
+                self._checks.clear()
             if isinstance(error, RateLimitedError):
                 # Every worker waits it out, not only this one.
                 wait = error.retry_after
                 self._feedback(lambda: self.limiter.block(fp, wait, "429"))
+                self._checks.clear()
             log.info(
                 "send failed campaign=%s message=%s outcome=%s code=%s http=%s",
                 claim.campaign_id,

@@ -137,7 +137,7 @@ class Settings(BaseSettings):
         description="Seconds to wait for Wahero's answer once the request is sent.",
     )
     concurrency: int = Field(
-        64,
+        128,
         validation_alias="WAHERO_CONCURRENCY",
         ge=1,
         le=1024,
