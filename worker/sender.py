@@ -127,8 +127,11 @@ class Sender:
         cache_key = (claim.campaign_id, fp, grant.limit if grant is not None else 0)
         now = time.monotonic()
         cached = self._checks.get(cache_key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None:
+            if cached[0] > now:
+                return cached[1]
+            # One thread asks Redis; the others keep the last answer for that round trip.
+            self._checks[cache_key] = (now + CHECK_TTL_SECONDS, cached[1])
         stop_key = stopflags.key(claim.campaign_id)
         try:
             if grant is None:

@@ -130,34 +130,48 @@ WHERE c.id = m.campaign_id AND m.id = ANY(:ids) AND m.lease_token = :token
   AND m.status = 'sending'
 """)
 
+# One statement per batch, whatever its size: the outcomes arrive as parallel arrays.
 _RECORD = text("""
-UPDATE messages
+UPDATE messages m
 SET status = CASE
         -- A retry due after its campaign was cancelled will never be sent: say so.
-        WHEN CAST(:status AS varchar) = 'pending' AND EXISTS (
-            SELECT 1 FROM campaigns c WHERE c.id = messages.campaign_id AND c.status = 'cancelled')
-        THEN 'cancelled' ELSE CAST(:status AS varchar) END,
-    attempts = attempts + CASE WHEN CAST(:counts AS boolean) THEN 1 ELSE 0 END,
-    next_attempt_at = COALESCE(CAST(:next_attempt_at AS timestamptz), next_attempt_at),
-    provider_message_id = COALESCE(CAST(:provider_message_id AS varchar), provider_message_id),
-    cost = CASE WHEN CAST(:status AS varchar) = 'sent' THEN CAST(:cost AS numeric)
-                ELSE cost END,
-    currency = CASE WHEN CAST(:status AS varchar) = 'sent' THEN CAST(:currency AS varchar)
-                    ELSE currency END,
-    error_code = CAST(:error_code AS varchar), error_message = CAST(:error_message AS text),
-    last_http_status = COALESCE(CAST(:http_status AS smallint), last_http_status),
-    sent_at = COALESCE(CAST(:sent_at AS timestamptz), sent_at),
+        WHEN v.status = 'pending' AND EXISTS (
+            SELECT 1 FROM campaigns c WHERE c.id = m.campaign_id AND c.status = 'cancelled')
+        THEN 'cancelled' ELSE v.status END,
+    attempts = m.attempts + CASE WHEN v.counts THEN 1 ELSE 0 END,
+    next_attempt_at = COALESCE(v.next_attempt_at, m.next_attempt_at),
+    provider_message_id = COALESCE(v.provider_message_id, m.provider_message_id),
+    cost = CASE WHEN v.status = 'sent' THEN v.cost ELSE m.cost END,
+    currency = CASE WHEN v.status = 'sent' THEN v.currency ELSE m.currency END,
+    error_code = v.error_code, error_message = v.error_message,
+    last_http_status = COALESCE(v.http_status, m.last_http_status),
+    sent_at = COALESCE(v.sent_at, m.sent_at),
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
-WHERE id = :message_id AND lease_token = :token
+FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS varchar[]), CAST(:counts AS boolean[]),
+            CAST(:next_attempt_at AS timestamptz[]), CAST(:provider_message_id AS varchar[]),
+            CAST(:cost AS numeric[]), CAST(:currency AS varchar[]),
+            CAST(:error_code AS varchar[]), CAST(:error_message AS text[]),
+            CAST(:http_status AS smallint[]), CAST(:sent_at AS timestamptz[]))
+     AS v(id, status, counts, next_attempt_at, provider_message_id, cost, currency, error_code,
+          error_message, http_status, sent_at)
+WHERE m.id = v.id AND m.lease_token = :token
 """)
 
+# A batch holds one attempt per message, so the number subquery never sees a sibling.
 _ATTEMPT = text("""
 INSERT INTO attempts (message_id, number, started_at, finished_at, duration_ms, http_status,
                       outcome, error_code, error_message, key_fingerprint)
-SELECT CAST(:message_id AS bigint), COALESCE(max(number), 0) + 1, :started_at, :finished_at,
-       :duration_ms, CAST(:http_status AS smallint), :outcome, CAST(:error_code AS varchar),
-       CAST(:error_message AS text), CAST(:key_fingerprint AS varchar)
-FROM attempts WHERE message_id = CAST(:message_id AS bigint)
+SELECT v.message_id,
+       COALESCE((SELECT max(a.number) FROM attempts a WHERE a.message_id = v.message_id), 0) + 1,
+       v.started_at, v.finished_at, v.duration_ms, v.http_status, v.outcome, v.error_code,
+       v.error_message, v.key_fingerprint
+FROM unnest(CAST(:message_id AS bigint[]), CAST(:started_at AS timestamptz[]),
+            CAST(:finished_at AS timestamptz[]), CAST(:duration_ms AS integer[]),
+            CAST(:http_status AS smallint[]), CAST(:outcome AS varchar[]),
+            CAST(:error_code AS varchar[]), CAST(:error_message AS text[]),
+            CAST(:key_fingerprint AS varchar[]))
+     AS v(message_id, started_at, finished_at, duration_ms, http_status, outcome, error_code,
+          error_message, key_fingerprint)
 """)
 
 _DEAD_LETTER = text("""
@@ -207,11 +221,12 @@ def record(
                 },
             )
         if outcomes:
-            conn.execute(_RECORD, [_record_params(claim_, o) for o in outcomes])
+            conn.execute(
+                _RECORD, {"token": claim_.token, **_columns([_record_params(o) for o in outcomes])}
+            )
             attempts = [_attempt_params(o) for o in outcomes if o.attempt_outcome is not None]
-            # One attempt row per message and batch, so the number subquery sees no sibling.
             if attempts:
-                conn.execute(_ATTEMPT, attempts)
+                conn.execute(_ATTEMPT, _columns(attempts))
             dead = [o for o in outcomes if o.dead_letter]
             if dead:
                 conn.execute(
@@ -233,11 +248,15 @@ def record(
             conn.execute(_RELEASE, {"ids": list(released), "token": claim_.token})
 
 
-def _record_params(claim_: Claim, o: Outcome) -> dict[str, Any]:
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows of parameters turned into one array per column (for unnest)."""
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+def _record_params(o: Outcome) -> dict[str, Any]:
     return {
-        "message_id": o.message_id,
-        "token": claim_.token,
-        "status": o.status,
+        "ids": o.message_id,
+        "statuses": o.status,
         "counts": o.counts_attempt,
         "next_attempt_at": o.next_attempt_at,
         "provider_message_id": o.provider_message_id,
