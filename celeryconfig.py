@@ -9,6 +9,10 @@ from worker.settings import get_settings
 _settings = get_settings()
 
 broker_url = _settings.redis_url
+# kombu's Redis transport, made to drop (not die on) a queue entry that is not a job
+# (rediss:// keeps kombu's own, which sets up TLS from the scheme).
+if broker_url.startswith("redis://"):
+    broker_transport = "worker.broker:Transport"
 # Results are never read: outcomes live in PostgreSQL.
 task_ignore_result = True
 result_backend = None

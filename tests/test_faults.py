@@ -497,12 +497,6 @@ def test_jobs_a_dead_worker_never_acknowledged_stop_covering_after_a_lease(
     assert redis_client.llen("wahero") == get_settings().jobs_per_campaign
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kombu's Redis transport json-decodes a queue entry before Celery sees it: a non-JSON "
-    "entry is 'Unrecoverable error: JSONDecodeError' and the worker process exits (fix: "
-    "worker/app.py or celeryconfig.py, not this suite's files; see docs/RELIABILITY.md)",
-)
 def test_garbage_pushed_onto_the_queue_does_not_stop_the_worker(
     db: sa.Engine,
     workers: Workers,
