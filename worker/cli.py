@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from worker.cli_common import fail as _fail
-from worker.cli_common import message_and_csv
+from worker.cli_common import message_and_csv, recipient_options
 from worker.cli_common import parse_at as _parse_at
 from worker.cli_common import setup as _setup
 from worker.settings import ConfigError
@@ -80,21 +80,7 @@ def db_upgrade(revision: str) -> None:
 
 
 @main.command()
-@click.option("--instance", "instance_id", required=True, help="Wahero instance id that sends.")
-@click.option(
-    "--csv",
-    "csv_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Recipients: header row with a `phone` column; other columns are variables.",
-)
-@click.option("--message", help="The message template (Jinja2: {{ name }}).")
-@click.option(
-    "--template",
-    "template_path",
-    type=click.Path(dir_okay=False),
-    help="A file holding the message template.",
-)
+@recipient_options("Recipients: header row with a `phone` column; other columns are variables.")
 @click.option("--name", help="A name for the campaign (default: the CSV's name).")
 @click.option("--at", "at", help="Start at this ISO-8601 time (naive = WAHERO_TIMEZONE).")
 @click.option("--idempotency-key", help="The same key twice returns the first campaign.")

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from worker.cli_common import fail, message_and_csv, setup
+from worker.cli_common import fail, message_and_csv, recipient_options, setup
 from worker.control import ControlError, parse_campaign_id
 from worker.inputerrors import InputError
 
@@ -21,21 +21,7 @@ def broadcasts() -> None:
 
 @broadcasts.command("create")
 @click.option("--name", required=True, help="Name; each campaign is named after it and its time.")
-@click.option("--instance", "instance_id", required=True, help="Wahero instance id that sends.")
-@click.option(
-    "--csv",
-    "csv_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Recipients (header row with a `phone` column), saved with the broadcast.",
-)
-@click.option("--message", help="The message template (Jinja2).")
-@click.option(
-    "--template",
-    "template_path",
-    type=click.Path(dir_okay=False),
-    help="A file holding the message template.",
-)
+@recipient_options("Recipients (header row with a `phone` column), saved with the broadcast.")
 @click.option("--cron", required=True, help="When, as a cron expression: '0 9 * * MON'.")
 @click.option("--timezone", "zone", help="Zone of the cron expression (default WAHERO_TIMEZONE).")
 @click.option(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -55,3 +56,40 @@ def message_and_csv(message: str | None, template_path: str | None, csv_path: st
     if not Path(csv_path).is_file():
         fail(f"{csv_path}: no such file")
     return message
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def recipient_options(csv_help: str) -> Callable[[F], F]:
+    """--instance, --csv, --message and --template: what a campaign or a broadcast sends."""
+
+    def decorate(command: F) -> F:
+        for option in reversed(
+            [
+                click.option(
+                    "--instance",
+                    "instance_id",
+                    required=True,
+                    help="Wahero instance id that sends.",
+                ),
+                click.option(
+                    "--csv",
+                    "csv_path",
+                    required=True,
+                    type=click.Path(dir_okay=False),
+                    help=csv_help,
+                ),
+                click.option("--message", help="The message template (Jinja2: {{ name }})."),
+                click.option(
+                    "--template",
+                    "template_path",
+                    type=click.Path(dir_okay=False),
+                    help="A file holding the message template.",
+                ),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
