@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import Connection, text
 
@@ -36,9 +39,27 @@ def _lock(conn: Connection, campaign_id: uuid.UUID) -> tuple[str, int]:
     return str(row.status), int(row.priority)
 
 
+@contextmanager
+def _stopping(campaign_id: uuid.UUID, reason: str) -> Iterator[None]:
+    """Raise the stop flag and let every worker see it, then change the campaign.
+
+    So no send starts after the change is recorded: only sends already in flight finish. If the
+    change is refused, the flag comes down again unless the campaign was stopped before.
+    """
+    before = stopflags.stopped(str(campaign_id))
+    stopflags.stop(str(campaign_id), reason)
+    time.sleep(stopflags.VISIBLE_WITHIN_SECONDS)
+    try:
+        yield
+    except BaseException:
+        if before is None:
+            stopflags.clear(str(campaign_id))
+        raise
+
+
 def pause(campaign_id: uuid.UUID) -> None:
     """Stop a running or scheduled campaign until `resume`; in-flight sends finish."""
-    with get_engine().begin() as conn:
+    with _stopping(campaign_id, "paused"), get_engine().begin() as conn:
         status, _ = _lock(conn, campaign_id)
         if status not in ("running", "scheduled"):
             raise ControlError(f"cannot pause campaign {campaign_id}: it is {status}")
@@ -47,7 +68,6 @@ def pause(campaign_id: uuid.UUID) -> None:
                              halt_message = NULL, paused_until = NULL WHERE id = :id"""),
             {"id": campaign_id},
         )
-    stopflags.stop(str(campaign_id), "paused")
     log.info("campaign paused campaign=%s", campaign_id)
 
 
@@ -101,7 +121,7 @@ def replay_dead_letters(campaign_id: uuid.UUID) -> int:
 
 def cancel(campaign_id: uuid.UUID) -> int:
     """Stop a campaign for good: its pending messages become cancelled; returns how many."""
-    with get_engine().begin() as conn:
+    with _stopping(campaign_id, "cancelled"), get_engine().begin() as conn:
         status, _ = _lock(conn, campaign_id)
         if status in ("completed", "cancelled"):
             raise ControlError(f"cannot cancel campaign {campaign_id}: it is {status}")
@@ -118,7 +138,6 @@ def cancel(campaign_id: uuid.UUID) -> int:
                 {"id": campaign_id},
             ).all()
         )
-    stopflags.stop(str(campaign_id), "cancelled")
     log.info("campaign cancelled campaign=%s messages_cancelled=%d", campaign_id, count)
     return count
 

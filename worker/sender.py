@@ -37,7 +37,7 @@ from worker.store import CampaignChange, Claim, Claimed, Outcome
 log = logging.getLogger("wahero_bulk.sender")
 
 # How long one Redis answer on "may this campaign send now?" serves this process's sends.
-CHECK_TTL_SECONDS = 0.02
+CHECK_TTL_SECONDS = stopflags.VISIBLE_WITHIN_SECONDS
 
 
 @dataclass(frozen=True)

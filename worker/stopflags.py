@@ -12,6 +12,8 @@ import threading
 from worker.redis_client import get_redis
 
 _TTL_SECONDS = 7 * 24 * 3600
+# Every worker process sees a raised flag within this long (its send check is shared that long).
+VISIBLE_WITHIN_SECONDS = 0.02
 _local: dict[str, str] = {}
 _lock = threading.Lock()
 

@@ -121,22 +121,25 @@ def claim(engine: Engine, campaign_id: str, limit: int, owner: str, lease_second
     return Claim(campaign_id, instance_id, token, messages)
 
 
+# The campaign row is read FOR SHARE: a cancel in progress (FOR UPDATE) finishes first, so a
+# message given back during a cancel is never left pending in a cancelled campaign.
 _RELEASE = text("""
+WITH c AS (SELECT id, status FROM campaigns WHERE id = :campaign_id FOR SHARE)
 UPDATE messages m
 SET status = CASE WHEN c.status = 'cancelled' THEN 'cancelled' ELSE 'pending' END,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
-FROM campaigns c
+FROM c
 WHERE c.id = m.campaign_id AND m.id = ANY(:ids) AND m.lease_token = :token
   AND m.status = 'sending'
 """)
 
 # One statement per batch, whatever its size: the outcomes arrive as parallel arrays.
 _RECORD = text("""
+WITH c AS (SELECT status FROM campaigns WHERE id = :campaign_id FOR SHARE)
 UPDATE messages m
 SET status = CASE
         -- A retry due after its campaign was cancelled will never be sent: say so.
-        WHEN v.status = 'pending' AND EXISTS (
-            SELECT 1 FROM campaigns c WHERE c.id = m.campaign_id AND c.status = 'cancelled')
+        WHEN v.status = 'pending' AND (SELECT status FROM c) = 'cancelled'
         THEN 'cancelled' ELSE v.status END,
     attempts = m.attempts + CASE WHEN v.counts THEN 1 ELSE 0 END,
     next_attempt_at = COALESCE(v.next_attempt_at, m.next_attempt_at),
@@ -195,7 +198,10 @@ def release(engine: Engine, claim_: Claim, ids: Sequence[int]) -> None:
     """Give back claimed messages that were not sent (pending, or cancelled with the campaign)."""
     if ids:
         with engine.begin() as conn:
-            conn.execute(_RELEASE, {"ids": list(ids), "token": claim_.token})
+            conn.execute(
+                _RELEASE,
+                {"ids": list(ids), "token": claim_.token, "campaign_id": claim_.campaign_id},
+            )
 
 
 def record(
@@ -222,7 +228,12 @@ def record(
             )
         if outcomes:
             conn.execute(
-                _RECORD, {"token": claim_.token, **_columns([_record_params(o) for o in outcomes])}
+                _RECORD,
+                {
+                    "token": claim_.token,
+                    "campaign_id": claim_.campaign_id,
+                    **_columns([_record_params(o) for o in outcomes]),
+                },
             )
             attempts = [_attempt_params(o) for o in outcomes if o.attempt_outcome is not None]
             if attempts:
@@ -245,7 +256,10 @@ def record(
                     ],
                 )
         if released:
-            conn.execute(_RELEASE, {"ids": list(released), "token": claim_.token})
+            conn.execute(
+                _RELEASE,
+                {"ids": list(released), "token": claim_.token, "campaign_id": claim_.campaign_id},
+            )
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
