@@ -365,6 +365,8 @@ def test_a_key_revoked_mid_campaign_and_restored_by_file_sends_everything_once(
                 )
             ).all()
         )
+    simulated = Counter(m["key_fingerprint"] for m in sim.received())
+    assert by_key == dict(simulated), (by_key, simulated)
     assert by_key == {fingerprint(SIM_KEY): 50, fingerprint(new_key): 150}
 
 
