@@ -87,7 +87,7 @@ def test_a_malformed_value_is_a_one_line_error_naming_it(
 
 
 def test_the_key_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WAHERO_API_KEY", "wahero_test_supersecretvalue")
+    monkeypatch.setenv("WAHERO_API_KEY", "wahero_test_fake-secret-value")
     settings = load_settings()
     assert settings.api_key is not None
     for text in (
@@ -97,8 +97,8 @@ def test_the_key_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
         repr(settings.api_key),
         settings.model_dump_json(),
     ):
-        assert "supersecretvalue" not in text
-    assert settings.api_key.get_secret_value() == "wahero_test_supersecretvalue"
+        assert "fake-secret-value" not in text
+    assert settings.api_key.get_secret_value() == "wahero_test_fake-secret-value"
 
 
 def test_a_missing_key_is_an_error_only_for_what_sends(monkeypatch: pytest.MonkeyPatch) -> None:
