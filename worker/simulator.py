@@ -228,6 +228,9 @@ class Simulator:
         cfg = self.config
         if cfg.latency_ms or cfg.jitter_ms:
             await asyncio.sleep((cfg.latency_ms + self.rng.uniform(0, cfg.jitter_ms)) / 1000)
+        # The body is read before the checks: from the key check to the acceptance nothing
+        # awaits, so a key revoked after N sends accepts exactly N, however many are in flight.
+        raw = await request.read()
         key = request.headers.get("X-Api-Key", "")
         fp = self._fp(key) if key else ""
         if not key or key not in cfg.keys or key in cfg.revoked_keys or fp in self.expired:
@@ -239,7 +242,7 @@ class Simulator:
                 429, _error_body("RATE_LIMIT_EXCEEDED", "Too many requests"), headers
             )
         try:
-            body = json.loads(await request.read())
+            body = json.loads(raw)
         except ValueError:
             return self._reply(400, _error_body("BAD_REQUEST", "Body is not JSON"), headers)
         problem = self._invalid(body)
