@@ -23,8 +23,7 @@ import redis
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from tests.test_pipeline import INSTANCE
-from tests.workerproc import WAHERO_BULK
+from tests.workerproc import WAHERO_BULK, enqueue_argv
 from worker.cli import main
 
 
@@ -40,7 +39,7 @@ def snapshot(engine: sa.Engine) -> tuple[int, int, int]:
 def enqueue(csv_path: Path, message: str = "Hi {{ name }}", *extra: str) -> Any:
     return CliRunner().invoke(
         main,
-        ["enqueue", "--instance", INSTANCE, "--csv", str(csv_path), "--message", message, *extra],
+        [*enqueue_argv(csv_path, message), *extra],
     )
 
 
@@ -209,7 +208,7 @@ def test_a_nonsense_setting_stops_enqueue_with_one_line_naming_it(
     csv_path = tmp_path / "ok.csv"
     csv_path.write_text("phone\n081234567890\n")
     done = subprocess.run(
-        [WAHERO_BULK, "enqueue", "--instance", INSTANCE, "--csv", str(csv_path), "--message", "Hi"],
+        [WAHERO_BULK, *enqueue_argv(csv_path, "Hi")],
         env={**os.environ, variable: value},
         capture_output=True,
         text=True,
@@ -265,13 +264,7 @@ def test_a_million_rows_stream_with_flat_memory(
     process = subprocess.Popen(
         [
             WAHERO_BULK,
-            "enqueue",
-            "--instance",
-            INSTANCE,
-            "--csv",
-            str(csv_path),
-            "--message",
-            "Halo {{ name }}, kode {{ code }}",
+            *enqueue_argv(csv_path, "Halo {{ name }}, kode {{ code }}"),
             "--json",
         ],
         stdout=subprocess.PIPE,

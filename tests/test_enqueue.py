@@ -11,7 +11,7 @@ import redis
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from tests.test_pipeline import INSTANCE
+from tests.workerproc import INSTANCE, enqueue_argv
 from worker.cli import main
 from worker.coverage import covered_campaigns
 from worker.inputerrors import InputError
@@ -46,13 +46,7 @@ def test_numbers_are_normalised_and_skips_recorded_with_reasons(
         encoding="utf-8",
     )
     result = run(
-        "enqueue",
-        "--instance",
-        INSTANCE,
-        "--csv",
-        str(csv_path),
-        "--message",
-        "Halo {{ name }}",
+        *enqueue_argv(csv_path, "Halo {{ name }}"),
         "--json",
     )
     assert result.exit_code == 0, result.output
@@ -131,7 +125,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     expected: str,
 ) -> None:
     csv_path = _write(tmp_path / f"{name}.csv", data)
-    result = run("enqueue", "--instance", INSTANCE, "--csv", str(csv_path), "--message", message)
+    result = run(*enqueue_argv(csv_path, message))
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
@@ -147,13 +141,7 @@ def test_a_variable_missing_on_row_7_names_the_row_and_field(
     rows = [f"08123456780{i},N{i}" for i in range(6)] + ["081234567899,"]
     csv_path = _write(tmp_path / "people.csv", ("phone,name\n" + "\n".join(rows)).encode())
     result = run(
-        "enqueue",
-        "--instance",
-        INSTANCE,
-        "--csv",
-        str(csv_path),
-        "--message",
-        "Hi {{ name | default(undefined_thing) }}{{ city }}",
+        *enqueue_argv(csv_path, "Hi {{ name | default(undefined_thing) }}{{ city }}"),
     )
     assert result.exit_code == 2
     assert "row 1" in result.output and "city" in result.output
@@ -162,13 +150,7 @@ def test_a_variable_missing_on_row_7_names_the_row_and_field(
         "phone,name,city\n" + "\n".join(f"{r},Bandung" for r in rows[:6]) + "\n081234567899,Budi,\n"
     )
     result = run(
-        "enqueue",
-        "--instance",
-        INSTANCE,
-        "--csv",
-        str(csv_path),
-        "--message",
-        "Hi {{ name }}, {{ city | trim or fail_here }}",
+        *enqueue_argv(csv_path, "Hi {{ name }}, {{ city | trim or fail_here }}"),
     )
     assert result.exit_code == 2
     assert "row 7" in result.output
@@ -196,12 +178,7 @@ def test_bad_templates_are_refused_before_anything_is_written(
 def test_usage_errors_exit_2(db: sa.Engine, tmp_path: Path) -> None:
     csv_path = _write(tmp_path / "ok.csv", b"phone\n081234567890\n")
     assert run("enqueue", "--instance", INSTANCE, "--csv", str(csv_path)).exit_code == 2
-    assert (
-        run(
-            "enqueue", "--instance", INSTANCE, "--csv", str(tmp_path / "nope.csv"), "--message", "x"
-        ).exit_code
-        == 2
-    )
+    assert run(*enqueue_argv(tmp_path / "nope.csv", "x")).exit_code == 2
     assert table_counts(db) == (0, 0)
 
 

@@ -29,6 +29,7 @@ from tests.workerproc import (
     PrivateRedis,
     Workers,
     counts,
+    enqueue_argv,
     start_beat,
     stop_process,
     wait_for,
@@ -149,13 +150,7 @@ def cli_enqueue(tmp_path: Path, env: dict[str, str], n: int, start: int = 0) -> 
     done = subprocess.run(
         [
             WAHERO_BULK,
-            "enqueue",
-            "--instance",
-            INSTANCE,
-            "--csv",
-            str(csv_path),
-            "--message",
-            "Hi {{ name }}",
+            *enqueue_argv(csv_path, "Hi {{ name }}"),
             "--json",
         ],
         env={**os.environ, **env},

@@ -12,11 +12,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from tests.simfixture import SIM_KEY, SimProcess
-from tests.workerproc import Workers, counts, wait_for, wait_status
+from tests.workerproc import INSTANCE, Workers, counts, wait_for, wait_status
 from worker import control
 from worker.producer import enqueue_campaign
-
-INSTANCE = "11111111-2222-3333-4444-555555555555"
 
 
 def phones(n: int, start: int = 0) -> list[str]:

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from tests.conftest import wipe_redis
 from tests.simfixture import SimProcess
 from tests.test_pipeline import INSTANCE, assert_sent_matches_received, recipients, worker_env
-from tests.workerproc import Workers, counts, wait_for, wait_status
+from tests.workerproc import Workers, counts, enqueue_argv, wait_for, wait_status
 from worker import control
 from worker.broadcasts import create_broadcast, next_occurrence, run_due_occurrences
 from worker.cli import main
@@ -69,13 +69,7 @@ def test_enqueue_at_reads_naive_times_in_the_local_zone(
     result = runner.invoke(
         main,
         [
-            "enqueue",
-            "--instance",
-            INSTANCE,
-            "--csv",
-            str(csv_path),
-            "--message",
-            "Hi",
+            *enqueue_argv(csv_path, "Hi"),
             "--at",
             "2030-01-06T09:00",
             "--json",
@@ -89,13 +83,7 @@ def test_enqueue_at_reads_naive_times_in_the_local_zone(
     bad = runner.invoke(
         main,
         [
-            "enqueue",
-            "--instance",
-            INSTANCE,
-            "--csv",
-            str(csv_path),
-            "--message",
-            "Hi",
+            *enqueue_argv(csv_path, "Hi"),
             "--at",
             "next tuesday",
         ],

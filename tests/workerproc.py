@@ -17,6 +17,12 @@ import sqlalchemy as sa
 
 BIN = Path(sys.executable).parent
 WAHERO_BULK = str(BIN / "wahero-bulk")
+INSTANCE = "11111111-2222-3333-4444-555555555555"
+
+
+def enqueue_argv(csv_path: Path | str, message: str, instance: str = INSTANCE) -> list[str]:
+    """`enqueue --instance … --csv … --message …`: for CliRunner, or after WAHERO_BULK."""
+    return ["enqueue", "--instance", instance, "--csv", str(csv_path), "--message", message]
 
 
 def wait_for(

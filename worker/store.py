@@ -194,16 +194,6 @@ WHERE id = :campaign_id AND status = 'running'
 """)
 
 
-def release(engine: Engine, claim_: Claim, ids: Sequence[int]) -> None:
-    """Give back claimed messages that were not sent (pending, or cancelled with the campaign)."""
-    if ids:
-        with engine.begin() as conn:
-            conn.execute(
-                _RELEASE,
-                {"ids": list(ids), "token": claim_.token, "campaign_id": claim_.campaign_id},
-            )
-
-
 def record(
     engine: Engine,
     claim_: Claim,
