@@ -312,6 +312,14 @@ def _pool_manager(url: str, size: int) -> urllib3.PoolManager:
     return urllib3.PoolManager(num_pools=4, maxsize=size, block=False)
 
 
+def _direct_pool(manager: urllib3.PoolManager, url: str) -> urllib3.HTTPConnectionPool | None:
+    """The one host's pool when no proxy is in the way: a send then skips the manager's
+    per-request URL parsing and pool lookup (a fifth of the client's CPU per send)."""
+    if isinstance(manager, urllib3.ProxyManager):
+        return None
+    return manager.connection_from_url(url)
+
+
 # ---------------------------------------------------------------- the client
 
 
@@ -328,6 +336,8 @@ class WaheroClient:
         self._pricing = Pricing(settings.price_per_message, settings.currency)
         # urllib3 directly (the transport under requests): half the CPU per send of a Session.
         self._pool = _pool_manager(self._url, pool_size or settings.concurrency)
+        self._direct = _direct_pool(self._pool, self._url)
+        self._target = urllib3.util.parse_url(self._url).request_uri
         self._headers = {
             "User-Agent": f"wahero-bulk/{worker.__version__}",
             "Accept": "application/json",
@@ -348,16 +358,30 @@ class WaheroClient:
             log.debug("POST %s headers={'X-Api-Key': '***%s'}", self._url, fp)
         body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         started = time.monotonic()
+        headers = {**self._headers, "X-Api-Key": key}
         try:
-            response = self._pool.request(
-                "POST",
-                self._url,
-                body=body,
-                headers={**self._headers, "X-Api-Key": key},
-                timeout=self._timeout,
-                retries=False,  # retries are decided by the policy, never by the transport
-                redirect=False,  # a redirect would turn the POST into a GET
-            )
+            # No retries: they are the policy's to decide, never the transport's. No redirects:
+            # one would turn the POST into a GET.
+            if self._direct is not None:
+                response = self._direct.urlopen(
+                    "POST",
+                    self._target,
+                    body=body,
+                    headers=headers,
+                    timeout=self._timeout,
+                    retries=False,
+                    redirect=False,
+                )
+            else:
+                response = self._pool.request(
+                    "POST",
+                    self._url,
+                    body=body,
+                    headers=headers,
+                    timeout=self._timeout,
+                    retries=False,
+                    redirect=False,
+                )
         except HTTPError as error:
             raise classify_transport_error(error, fp) from error
         elapsed = time.monotonic() - started
@@ -379,6 +403,8 @@ class WaheroClient:
 
     def close(self) -> None:
         """Close the pooled connections."""
+        if self._direct is not None:
+            self._direct.close()
         self._pool.clear()
 
     def __enter__(self) -> WaheroClient:
