@@ -200,8 +200,11 @@ def record(
     outcomes: Sequence[Outcome],
     released: Sequence[int] = (),
     change: CampaignChange | None = None,
-) -> None:
-    """Write a batch's outcomes, attempts, dead letters and campaign change in one transaction."""
+) -> Progress:
+    """Write a batch's outcomes, attempts, dead letters and campaign change in one transaction.
+
+    Returns the campaign's progress as that transaction left it (what the chain does next).
+    """
     import json
 
     with engine.begin() as conn:
@@ -250,6 +253,7 @@ def record(
                 _RELEASE,
                 {"ids": list(released), "token": claim_.token, "campaign_id": claim_.campaign_id},
             )
+        return _progress(conn, claim_.campaign_id)
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -322,7 +326,11 @@ class Progress:
 def progress(engine: Engine, campaign_id: str) -> Progress:
     """The campaign's status and its earliest pending message's due time."""
     with engine.connect() as conn:
-        row = conn.execute(_NEXT_DUE, {"campaign_id": campaign_id}).first()
+        return _progress(conn, campaign_id)
+
+
+def _progress(conn: sa.Connection, campaign_id: str) -> Progress:
+    row = conn.execute(_NEXT_DUE, {"campaign_id": campaign_id}).first()
     if row is None:
         return Progress(None, None, datetime.now().astimezone())
     return Progress(row.status, row.next_due, row.now, row.priority)

@@ -51,7 +51,7 @@ def send_batch(campaign_id: str) -> None:
         # PostgreSQL says the campaign runs: an old stop copy in this process no longer holds.
         stopflags.forget_local(campaign_id)
         result = sender.send_claim(claim, grant)
-        _record(claim, result)
+        progress = _record(claim, result)
         if result.change is not None:
             log.warning(
                 "campaign %s campaign=%s code=%s",
@@ -59,6 +59,8 @@ def send_batch(campaign_id: str) -> None:
                 campaign_id,
                 result.change.code,
             )
+        follow_up(campaign_id, progress=progress)
+        return
     follow_up(campaign_id)
 
 
@@ -69,13 +71,15 @@ def _give_back(sender: Sender, grant: Grant, unused: int) -> None:
         sender.limiter.refund(grant, unused)
 
 
-def _record(claim: store.Claim, result: BatchResult) -> None:
+def _record(claim: store.Claim, result: BatchResult) -> store.Progress:
     # The requests were made: their outcomes must reach PostgreSQL even across a restart.
     deadline = time.monotonic() + RECORD_DEADLINE_SECONDS
     delay = 0.2
     while True:
         try:
-            store.record(get_engine(), claim, result.outcomes, result.released, result.change)
+            progress = store.record(
+                get_engine(), claim, result.outcomes, result.released, result.change
+            )
             break
         except OperationalError:
             if time.monotonic() > deadline:
@@ -94,15 +98,20 @@ def _record(claim: store.Claim, result: BatchResult) -> None:
         len(result.outcomes) - sent,
         len(result.released),
     )
+    return progress
 
 
-def follow_up(campaign_id: str, not_before: float = 0.0) -> None:
+def follow_up(
+    campaign_id: str, not_before: float = 0.0, progress: store.Progress | None = None
+) -> None:
     """Publish the chain's next job, schedule it for the next due retry, or finish the campaign.
 
-    `not_before` (seconds) delays the next job while the shared limiter has no slot.
+    `not_before` (seconds) delays the next job while the shared limiter has no slot;
+    `progress` is the campaign's state if the caller just read it (with its outcomes).
     """
     engine = get_engine()
-    progress = store.progress(engine, campaign_id)
+    if progress is None:
+        progress = store.progress(engine, campaign_id)
     if progress.status != "running":
         return
     if progress.next_due is None:
