@@ -40,6 +40,7 @@ def test_the_worker_consumes_every_configured_queue(monkeypatch: pytest.MonkeyPa
     from worker.app import app
 
     monkeypatch.setenv("WAHERO_API_KEY", "wahero_test_x")
+    monkeypatch.setenv("WAHERO_WORKER_PROCESSES", "1")
     from worker.settings import get_settings
 
     get_settings.cache_clear()

@@ -19,10 +19,11 @@ from sqlalchemy.engine import make_url
 from migrations import alembic_config
 from tests.conftest import ADMIN_URL
 from tests.simfixture import SIM_KEY
-from tests.workerproc import WAHERO_BULK, Workers
+from tests.workerproc import WAHERO_BULK, Workers, wait_for
 from worker.cli import main
-from worker.health import check_api_key, default_node, run_checks
+from worker.health import check_api_key, default_nodes, run_checks
 from worker.settings import get_settings, load_settings
+from worker.supervisor import cpu_count
 
 CLOSED = "127.0.0.1:1"  # nothing listens on port 1: refused at once
 
@@ -165,5 +166,39 @@ def test_key_file_check_catches_an_empty_file_and_shows_only_a_fingerprint(
     assert "rotated" not in detail
 
 
-def test_default_node_is_this_hosts_default_worker_name() -> None:
-    assert default_node() == f"celery@{socket.gethostname()}"
+def test_default_nodes_are_this_hosts_single_worker_and_group_names() -> None:
+    host = socket.gethostname()
+    assert default_nodes(load_settings(WAHERO_WORKER_PROCESSES="1")) == [
+        f"celery@{host}",
+        f"celery-1@{host}",
+    ]
+    assert default_nodes(load_settings(WAHERO_WORKER_PROCESSES="3")) == [
+        f"celery@{host}",
+        *(f"celery-{i}@{host}" for i in (1, 2, 3)),
+    ]
+    assert len(default_nodes(load_settings(WAHERO_WORKER_PROCESSES="0"))) == cpu_count() + 1
+
+
+def test_without_a_node_no_answer_names_every_candidate(database_url: str) -> None:
+    settings = load_settings(WAHERO_API_KEY=SIM_KEY, WAHERO_WORKER_PROCESSES="2")
+    worker = run_checks(settings, worker=True, timeout=0.5)[-1]
+    host = socket.gethostname()
+    assert not worker.ok
+    assert worker.detail == (
+        f"RuntimeError: none of celery@{host}, celery-1@{host}, celery-2@{host} "
+        "answered a ping within 0.5s"
+    )
+
+
+def test_worker_check_without_a_node_finds_a_group_on_this_host(workers: Workers) -> None:
+    env = {"WAHERO_API_KEY": SIM_KEY, "WAHERO_BASE_URL": "http://127.0.0.1:1"}
+    # The default node names (a later --hostname wins over the test harness's own).
+    group = workers.start(env, args=("--processes", "2", "--hostname", "celery@%h"))
+    wait_for(lambda: group.log().count(" ready.") >= 2, 60, message="both children ready")
+    result = health("--worker", "--json", WAHERO_WORKER_PROCESSES="2", **env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    worker = {c["name"]: c for c in json.loads(result.stdout)["checks"]}["worker"]
+    host = socket.gethostname()
+    assert worker["ok"], worker
+    answered = worker["detail"].removesuffix(" answered ping").split(", ")
+    assert answered and set(answered) <= {f"celery-1@{host}", f"celery-2@{host}"}, worker

@@ -88,7 +88,9 @@ class Workers:
         args: tuple[str, ...] = (),
     ) -> WorkerProcess:
         name = f"w{len(self.started)}"
-        env = {**os.environ, **self.env, **(extra_env or {})}
+        # One process per worker unless a test asks for a group: tests count what one process
+        # has in flight (tests/test_supervisor.py covers the group).
+        env = {"WAHERO_WORKER_PROCESSES": "1", **os.environ, **self.env, **(extra_env or {})}
         log_path = self.tmp_path / f"{name}.log"
         with log_path.open("wb") as out:
             process = subprocess.Popen(

@@ -131,14 +131,28 @@ def enqueue(
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--processes",
+    type=click.IntRange(min=0, max=256),
+    help="Sending processes; 0 = one per CPU core.  [default: WAHERO_WORKER_PROCESSES]",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: tuple[str, ...]) -> None:
+def worker(processes: int | None, celery_args: tuple[str, ...]) -> None:
     """Start a worker (extra arguments go to `celery worker`)."""
     settings = _setup()
     try:
         settings.require_api_key()
     except ConfigError as error:
         _fail(str(error))
+    count = settings.worker_processes if processes is None else processes
+    if count == 0:
+        from worker.supervisor import cpu_count
+
+        count = cpu_count()
+    if count > 1:
+        from worker.supervisor import run_group
+
+        sys.exit(run_group(count, celery_args))
     from worker.app import app
 
     concurrency = str(max(4, settings.jobs_per_campaign))

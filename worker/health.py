@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -110,23 +110,41 @@ def check_redis(settings: Settings, timeout: float) -> str:
     return "PING ok"
 
 
-def default_node() -> str:
-    """The Celery node name `wahero-bulk worker` takes on this host by default."""
-    return f"celery@{socket.gethostname()}"
+def default_nodes(settings: Settings) -> list[str]:
+    """The Celery node names `wahero-bulk worker` takes on this host by default.
+
+    One process is `celery@<host>`; a group of N is `celery-1@<host>` … `celery-N@<host>`
+    (N = WAHERO_WORKER_PROCESSES, 0 = one per core). Both are asked: the setting a worker was
+    started with may differ from the probe's.
+    """
+    from worker.supervisor import child_hostname, cpu_count
+
+    base = f"celery@{socket.gethostname()}"
+    processes = settings.worker_processes or cpu_count()
+    return [base, *(child_hostname(base, index) for index in range(1, processes + 1))]
 
 
-def check_worker(node: str, timeout: float) -> str:
-    """The named Celery worker answers a ping through the broker."""
+def check_worker(nodes: Sequence[str], timeout: float) -> str:
+    """One of the named Celery workers answers a ping through the broker."""
     from worker.app import app
 
+    wanted = list(nodes)
     with app.connection_for_write() as conn:
         # One try: a probe must fail fast when the broker is away, not retry forever.
         conn.ensure_connection(max_retries=1, timeout=timeout)
-        replies = app.control.ping(destination=[node], timeout=timeout, connection=conn)
-    for reply in replies or []:
-        if reply.get(node, {}).get("ok") == "pong":
-            return f"{node} answered ping"
-    raise RuntimeError(f"{node} did not answer a ping within {timeout:g}s")
+        # The first answer is enough: the probe asks whether this host's worker runs at all.
+        replies = app.control.ping(destination=wanted, timeout=timeout, connection=conn, limit=1)
+    answered = sorted(
+        name
+        for reply in replies or []
+        for name, answer in reply.items()
+        if name in wanted and isinstance(answer, dict) and answer.get("ok") == "pong"
+    )
+    if answered:
+        return f"{', '.join(answered)} answered ping"
+    if len(wanted) == 1:
+        raise RuntimeError(f"{wanted[0]} did not answer a ping within {timeout:g}s")
+    raise RuntimeError(f"none of {', '.join(wanted)} answered a ping within {timeout:g}s")
 
 
 def check_api_key(settings: Settings) -> str:
@@ -146,9 +164,9 @@ def run_checks(
     ]
     if worker:
         results.append(_timed("api-key", lambda: check_api_key(settings)))
-        target = node or default_node()
+        targets = [node] if node else default_nodes(settings)
         if results[1].ok:
-            results.append(_timed("worker", lambda: check_worker(target, timeout)))
+            results.append(_timed("worker", lambda: check_worker(targets, timeout)))
         else:
             results.append(CheckResult("worker", False, "not asked: Redis is unreachable", 0))
     return results
@@ -158,7 +176,11 @@ def run_checks(
 @click.option("--worker", "worker", is_flag=True, help="Also check the Celery worker on this host.")
 @click.option(
     "--node",
-    help="Celery node name to ping with --worker.  [default: celery@<this hostname>]",
+    help=(
+        "Celery node name to ping with --worker.  [default: this host's worker: "
+        "celery@<hostname>, or celery-1@<hostname> … celery-N@<hostname> for a group of "
+        "WAHERO_WORKER_PROCESSES; the first to answer will do]"
+    ),
 )
 @click.option(
     "--timeout",

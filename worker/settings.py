@@ -150,6 +150,13 @@ class Settings(BaseSettings):
         le=1000,
         description="Messages one job claims and sends together.",
     )
+    worker_processes: int = Field(
+        0,
+        validation_alias="WAHERO_WORKER_PROCESSES",
+        ge=0,
+        le=256,
+        description="Sending processes one `wahero-bulk worker` runs; 0 = one per CPU core.",
+    )
     jobs_per_campaign: int = Field(
         8,
         validation_alias="WAHERO_JOBS_PER_CAMPAIGN",
