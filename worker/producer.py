@@ -22,6 +22,7 @@ from models.db import get_engine
 from worker.csvinput import Recipient, iter_recipients, read_recipients
 from worker.inputerrors import InputError
 from worker.phones import InvalidPhoneError, normalise_phone
+from worker.tablestats import analyse_after_load
 from worker.templates import MessageTemplate, compile_template
 
 log = logging.getLogger("wahero_bulk.producer")
@@ -162,6 +163,8 @@ def _enqueue(
             return existing
         _stage(conn, template, rows, source_name)
         counts = _insert_messages(conn, campaign_id)
+    # Before the first job: its claims are planned from these statistics.
+    analyse_after_load(get_engine(), "messages", sum(counts.values()))
     accepted = counts.pop(None, 0)
     result = EnqueueResult(
         campaign_id, status, accepted, {reason: counts.get(reason, 0) for reason in SKIP_REASONS}

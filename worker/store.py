@@ -66,6 +66,10 @@ class CampaignChange:
     until: datetime | None = None
 
 
+# The LIMIT is written into the statement (`literal_execute`), not sent as a parameter: once
+# PostgreSQL caches a generic plan for the prepared claim, an unseen LIMIT counts as a tenth of
+# the table, and the plan chosen for that reads all of `messages` for every batch
+# (tests/test_query_plans.py).
 _CLAIM = text("""
 WITH c AS (
     SELECT id, instance_id FROM campaigns
@@ -93,7 +97,7 @@ SET status = CASE WHEN picked.suppressed THEN 'skipped' ELSE 'sending' END,
 FROM picked, c
 WHERE m.id = picked.id
 RETURNING m.id, m.phone, m.body, m.attempts, c.instance_id, picked.suppressed
-""")
+""").bindparams(sa.bindparam("limit", type_=sa.Integer, literal_execute=True))
 
 
 def claim(engine: Engine, campaign_id: str, limit: int, owner: str, lease_seconds: float) -> Claim:
