@@ -85,7 +85,14 @@ def _start_workers(
         out = (logs / f"worker-{i}.log").open("wb")
         procs.append(
             subprocess.Popen(
-                [str(BIN / "wahero-bulk"), "worker", "--hostname", f"bench{i}-{os.getpid()}@%h"],
+                [
+                    str(BIN / "wahero-bulk"),
+                    "worker",
+                    "--processes",
+                    "1",
+                    "--hostname",
+                    f"bench{i}-{os.getpid()}@%h",
+                ],
                 env={**os.environ, **env},
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -57,6 +57,9 @@ TARGET_MSGS_200MS = 500.0
 TARGET_ENQUEUE_SECONDS = 10.0
 TARGET_ENQUEUE_MB = 200.0
 TARGET_GROWTH_PCT = 10.0
+# `wahero-bulk worker`'s default: one sending process per core (worker/supervisor.py).
+WORKER_PROCESSES = len(os.sched_getaffinity(0))
+ONE_PROCESS = "1 process"
 
 
 def _db_url(driver: str = "postgresql") -> str:
@@ -394,7 +397,7 @@ def _result(
 
 
 def raw_client(url: str, n: int) -> None:
-    """The child side of the raw ceiling: WaheroClient on settings.concurrency threads."""
+    """One child of the raw ceiling: WaheroClient on settings.concurrency threads."""
     import resource
 
     os.environ.update(WAHERO_API_KEY=KEY, WAHERO_BASE_URL=url, WAHERO_RATE_LIMIT="0")
@@ -417,22 +420,21 @@ def raw_client(url: str, n: int) -> None:
                 return
             try:
                 client.send(INSTANCE, phone(i), text(i))
-                done.append(time.monotonic())
+                done.append(time.time())
             except SendError as error:
                 errors[error.code or error.outcome] += 1
 
     threads = [threading.Thread(target=loop) for _ in range(settings.concurrency)]
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.monotonic()
+    started = time.time()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - started
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     report = {
-        "elapsed": elapsed,
-        "offsets": [t - started for t in done],
+        "started": started,
+        "done": done,
         "errors": dict(errors),
         "cpu": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
         "maxrss_kib": cpu1.ru_maxrss,
@@ -441,29 +443,42 @@ def raw_client(url: str, n: int) -> None:
     print(json.dumps(report))
 
 
-def phase_raw(latency: float, n: int) -> dict[str, Any]:
-    log(f"raw ceiling: {n} sends at {latency:g} ms")
+def phase_raw(latency: float, n: int, processes: int) -> dict[str, Any]:
+    """The worker's own client in `processes` processes (the worker's default), no queue, no DB."""
+    log(f"raw ceiling: {n} sends at {latency:g} ms in {processes} process(es)")
+    shares = [n // processes + (1 if i < n % processes else 0) for i in range(processes)]
     with Simulator(latency) as sim, Usage({"sim": sim.process.pid}) as usage:
-        out = subprocess.run(
-            [sys.executable, __file__, "_raw", sim.url, str(n)],
-            env=base_env(),
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-    report = json.loads(out.stdout)
-    usage.start["client"], usage.end["client"] = 0.0, report["cpu"]
+        children = [
+            subprocess.Popen(
+                [sys.executable, __file__, "_raw", sim.url, str(share)],
+                env=base_env(),
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+            )
+            for share in shares
+        ]
+        outputs = [child.communicate()[0] for child in children]
+        if any(child.returncode for child in children):
+            raise RuntimeError("a raw ceiling child failed")
+    reports = [json.loads(out) for out in outputs]
+    started = min(r["started"] for r in reports)
+    stamps = [t - started for r in reports for t in r["done"]]
+    errors: Counter[str] = Counter()
+    for r in reports:
+        errors.update(r["errors"])
+    usage.start["client"], usage.end["client"] = 0.0, sum(r["cpu"] for r in reports)
     return _result(
         "raw ceiling",
         latency,
         n,
-        report["elapsed"],
-        report["offsets"],
+        max(stamps) if stamps else 0.0,
+        stamps,
         usage,
         "client",
-        report["maxrss_kib"],
-        errors=report["errors"],
-        threads=report["threads"],
+        sum(r["maxrss_kib"] for r in reports),
+        errors=dict(errors),
+        threads=reports[0]["threads"],
+        processes=processes,
     )
 
 
@@ -579,14 +594,24 @@ def worker_env(sim_url: str, **extra: str) -> dict[str, str]:
     )
 
 
+def _processes(env: dict[str, str]) -> int:
+    """Sending processes `wahero-bulk worker` runs with these settings."""
+    return int(env.get("WAHERO_WORKER_PROCESSES", "0")) or WORKER_PROCESSES
+
+
 def start_worker(sim_url: str, log_path: Path, **extra: str) -> subprocess.Popen[bytes]:
     worker = spawn(
         [WAHERO_BULK, "worker", "--hostname", "wahero-bench@%h"],
         worker_env(sim_url, **extra),
         out=log_path,
     )
+    # Every sending process of the group is consuming before the clock starts.
+    processes = _processes(extra)
     wait_for(
-        lambda: " ready." in log_path.read_text(errors="replace") or worker.poll() is not None,
+        lambda: (
+            log_path.read_text(errors="replace").count(" ready.") >= processes
+            or worker.poll() is not None
+        ),
         60,
         "wahero-bulk worker",
     )
@@ -607,6 +632,7 @@ def phase_wahero(
     on_sending: Callable[[int], None] | None = None,
     memory_every: float = 1.0,
     extra_env: dict[str, str] | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Enqueue n messages with enqueue_campaign and time until all are `sent` in PostgreSQL.
 
@@ -658,7 +684,9 @@ def phase_wahero(
     offsets = [row[1] - started for row in sent]
     # The last outcome's write (its transaction's start), as seen by PostgreSQL.
     elapsed = max(row[2] for row in sent) - started
-    label = " ".join(f"{k.removeprefix('WAHERO_')}={v}" for k, v in (extra_env or {}).items())
+    if label is None:
+        label = " ".join(f"{k.removeprefix('WAHERO_')}={v}" for k, v in (extra_env or {}).items())
+    processes = _processes(extra_env or {})
     return _result(
         f"wahero-bulk {label}".strip(),
         latency,
@@ -675,6 +703,7 @@ def phase_wahero(
         memory_series=memory.series,
         progress=progress,
         hwm_mb=round(memory.hwm_kib / 1024, 1),
+        processes=processes,
     )
 
 
@@ -823,6 +852,7 @@ def profile_worker(out_dir: Path, n: int, seconds: int) -> dict[str, Any]:
                 "-o",
                 str(raw),
                 "--nonblocking",
+                "--subprocesses",  # the group's sending processes, not only their parent
             ],
             check=False,
             capture_output=True,
@@ -948,7 +978,8 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         found = [r for r in runs if r["system"] == "wahero-bulk" and r["latency_ms"] == latency]
         return found[0] if found else {}
 
-    fast, slow = wahero(0.0), wahero(200.0)
+    fast = wahero(0.0)
+    slow = next((r for r in runs if r["system"] == f"wahero-bulk {ONE_PROCESS}"), {})
     csv_run, memory = doc.get("enqueue_csv") or {}, doc.get("memory") or {}
     rows: list[tuple[str, Any, str, Callable[[Any], bool]]] = [
         (
@@ -1063,11 +1094,17 @@ def draw_chart(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems = ["raw ceiling", "naive", "wahero-bulk"]
-    colors = {"raw ceiling": "#9e9e9e", "naive": "#e07b39", "wahero-bulk": "#2a7ab9"}
+    one = f"wahero-bulk {ONE_PROCESS}"
+    systems = ["raw ceiling", "naive", "wahero-bulk", one]
+    colors = {
+        "raw ceiling": "#9e9e9e",
+        "naive": "#e07b39",
+        "wahero-bulk": "#2a7ab9",
+        one: "#8ab6d6",
+    }
     latencies = sorted({r["latency_ms"] for r in doc["runs"]})
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    width = 0.27
+    width = 0.2
 
     def bars(ax: Any, key: str, title: str, log_scale: bool = False) -> None:
         for s_index, system in enumerate(systems):
@@ -1077,9 +1114,11 @@ def draw_chart(doc: dict[str, Any], path: Path) -> None:
                     r for r in doc["runs"] if r["system"] == system and r["latency_ms"] == latency
                 ]
                 values.append(found[0][key] if found else 0)
-            xs = [i + (s_index - 1) * width for i in range(len(latencies))]
+            xs = [i + (s_index - 1.5) * width for i in range(len(latencies))]
             ax.bar(xs, values, width, label=system, color=colors[system])
             for x, v in zip(xs, values, strict=True):
+                if not v:
+                    continue  # a run this latency does not have
                 ax.annotate(
                     f"{v:,.0f}" if v >= 10 else f"{v:.2f}",
                     (x, v),
@@ -1205,11 +1244,14 @@ def main() -> None:
             (0.0, args.messages, args.messages),
             (200.0, args.slow_messages, args.naive_slow_messages),
         ):
-            runs.append(phase_raw(latency, n))
+            runs.append(phase_raw(latency, n, WORKER_PROCESSES))
             clean_slate()
             runs.append(phase_naive(latency, naive_n))
             clean_slate()
             runs.append(phase_wahero(latency, n))
+        # Issue 8's 200 ms target is for one worker process.
+        one = {"WAHERO_WORKER_PROCESSES": "1"}
+        runs.append(phase_wahero(200.0, args.slow_messages, extra_env=one, label=ONE_PROCESS))
         if args.tuned_concurrency:
             extra = {"WAHERO_CONCURRENCY": str(args.tuned_concurrency)}
             runs.append(phase_wahero(200.0, args.slow_messages, extra_env=extra))
