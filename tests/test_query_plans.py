@@ -26,6 +26,7 @@ from tests.test_pipeline import recipients
 from worker import store
 from worker.producer import enqueue_campaign
 from worker.store import Outcome
+from worker.tablestats import analyse_after_load
 
 MESSAGES = 50_000  # a table where reading every row costs more than 50 index probes
 
@@ -154,3 +155,13 @@ def test_recording_a_batch_reads_only_its_rows_under_a_generic_plan(
     assert plans
     for plan in plans:
         assert "Seq Scan on messages" not in plan, plan
+
+
+def test_statistics_never_fail_an_enqueue_that_has_committed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nothing listens on port 1: the connection itself fails, after the campaign's commit.
+    unreachable = sa.create_engine("postgresql+psycopg://root@127.0.0.1:1/test")
+    assert analyse_after_load(unreachable, "messages", 1_000_000) is False
+    assert "ANALYZE messages skipped" in caplog.text
+    unreachable.dispose()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger("wahero_bulk.tablestats")
 
@@ -27,24 +27,25 @@ LOCK_TIMEOUT = "2s"
 def analyse_after_load(engine: Engine, table: str, added: int) -> bool:
     """ANALYZE `table` if `added` new rows exceed a tenth of what its statistics know of.
 
-    Returns whether it ran. Never raises for a lock held too long or a missing privilege:
-    statistics are an optimisation; autovacuum still gets to the table later.
+    Returns whether it ran. Never raises: it runs after the enqueue committed, and statistics
+    are an optimisation (autovacuum still gets to the table), so a lost connection, a lock held
+    too long or a missing privilege is a warning, not a failed enqueue.
     """
-    with engine.connect() as conn:
-        known = conn.execute(
-            text("SELECT reltuples FROM pg_class WHERE oid = CAST(:table AS regclass)"),
-            {"table": table},
-        ).scalar()
-        # reltuples is -1 for a table never analysed (or just truncated).
-        if known is not None and known >= 0 and added <= GROWTH_FRACTION * known:
-            return False
-        try:
+    try:
+        with engine.connect() as conn:
+            known = conn.execute(
+                text("SELECT reltuples FROM pg_class WHERE oid = CAST(:table AS regclass)"),
+                {"table": table},
+            ).scalar()
+            # reltuples is -1 for a table never analysed (or just truncated).
+            if known is not None and known >= 0 and added <= GROWTH_FRACTION * known:
+                return False
             conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
             conn.execute(text(f'ANALYZE "{table}"'))
             conn.commit()
-        except DBAPIError as error:
-            conn.rollback()
-            log.warning("ANALYZE %s skipped: %s", table, str(error.orig).strip().splitlines()[0])
-            return False
+    except SQLAlchemyError as error:
+        cause = getattr(error, "orig", None) or error
+        log.warning("ANALYZE %s skipped: %s", table, str(cause).strip().splitlines()[0])
+        return False
     log.info("analysed %s after loading %d rows (statistics knew of %d)", table, added, known)
     return True
