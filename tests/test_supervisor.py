@@ -86,12 +86,14 @@ def python_child(index: int, code: str) -> _Child:
     return _Child(index, [sys.executable, "-c", code])
 
 
-# Exits 0 on SIGTERM, like a Celery worker's warm shutdown; otherwise runs for `seconds`.
-WARM = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
+# Exits 0 on SIGTERM, like a Celery worker's warm shutdown.
+WARM = "import signal, sys; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
+# Then waits for that signal, however long it takes (pytest-timeout bounds a test that hangs).
+UNTIL_SIGNALLED = "signal.pause()"
 
 
 def test_a_child_broken_at_start_stops_the_group_with_its_code(own_signals: None) -> None:
-    sleeper = python_child(2, WARM + "time.sleep(60)")
+    sleeper = python_child(2, WARM + UNTIL_SIGNALLED)
     group = Group([python_child(1, "raise SystemExit(3)"), sleeper])
     started = time.monotonic()
     assert group.run() == 3
@@ -110,7 +112,7 @@ def test_a_child_that_dies_later_is_restarted_until_a_signal_stops_the_group(
         WARM + f"runs = open({str(runs)!r}, 'a+'); runs.write('x'); runs.close(); "
         f"n = len(open({str(runs)!r}).read()); "
         "import os; n >= 3 and os.kill(os.getppid(), signal.SIGTERM); "
-        "time.sleep(30 if n >= 3 else 0); sys.exit(5)"
+        f"n >= 3 and {UNTIL_SIGNALLED}; sys.exit(5)"
     )
     group = Group([python_child(1, code)])
     started = time.monotonic()
@@ -133,7 +135,7 @@ def test_a_signal_while_a_child_starts_still_reaches_it(
         real_start(self, preexec)
 
     monkeypatch.setattr(_Child, "start", start_after_a_signal)
-    group = Group([python_child(1, WARM + "time.sleep(30)"), python_child(2, "pass")])
+    group = Group([python_child(1, WARM + UNTIL_SIGNALLED), python_child(2, "pass")])
     started = time.monotonic()
     # Killed by the signal before its handler is installed, or stopped by it: 143 or 0.
     assert group.run() in (0, 128 + signal.SIGTERM)
